@@ -1,0 +1,237 @@
+"""``iclvsft-eval``: lm-eval's own CLI, with iclvsft's tasks added.
+
+It accepts every ``lm_eval`` argument and subcommand (``run``, ``ls``, ``validate``, or the legacy
+form without one) and adds our task directory:
+  * when the user gives no ``--include_path`` / ``--config``: by inserting ``--include_path``;
+  * otherwise by prepending our directory inside lm-eval's TaskManager, so the user's own
+    ``--include_path`` (or the one in their ``--config``) keeps working;
+  * not at all when lm-eval already sees our tasks (a lm-eval with task plugins, or a current
+    ``iclvsft-eval register`` copy), so nothing is indexed twice.
+Three commands of our own manage that registered copy: ``register``, ``unregister``, ``status``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import json
+import re
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .atomic import atomic_write_dir
+from .errors import IclvsftError
+from .lm_eval_glue import tasks_dir
+
+PROG = "iclvsft-eval"
+_SUBCOMMANDS = ("run", "ls", "validate")
+#: Name of the folder ``register`` creates inside lm-eval's task folder, and of its stamp file.
+REGISTERED_DIR = "iclvsft"
+_STAMP = "iclvsft_registered.json"
+_SHOT_VARIANT = re.compile(r"_(\d+)shot$")
+
+
+def _flag_value(argv: Sequence[str], *names: str) -> str | None:
+    for i, arg in enumerate(argv):
+        for name in names:
+            if arg == name and i + 1 < len(argv):
+                return argv[i + 1]
+            if arg.startswith(name + "="):
+                return arg.split("=", 1)[1]
+    return None
+
+
+def _has_flag(argv: Sequence[str], *names: str) -> bool:
+    return any(a in names or any(a.startswith(n + "=") for n in names) for a in argv)
+
+
+def _requested_tasks(argv: Sequence[str]) -> list[str]:
+    names: list[str] = []
+    for i, arg in enumerate(argv):
+        if arg in ("--tasks", "-t"):
+            j = i + 1
+            while j < len(argv) and not argv[j].startswith("-"):
+                names += [n for n in argv[j].split(",") if n]
+                j += 1
+        elif arg.startswith("--tasks="):
+            names += [n for n in arg.split("=", 1)[1].split(",") if n]
+    return names
+
+
+def num_fewshot_warnings(argv: Sequence[str]) -> list[str]:
+    """Warnings for ``--num_fewshot`` given together with our fixed-shot variants or groups."""
+    value = _flag_value(argv, "--num_fewshot", "-f")
+    if value is None:
+        return []
+    ours = _our_names()
+    warnings = []
+    for name in _requested_tasks(argv):
+        match = _SHOT_VARIANT.search(name)
+        if not match or name not in ours:
+            continue
+        shots = int(match.group(1))
+        if shots == 0:
+            what = "stays at 0 shots: lm-eval never overrides a YAML's num_fewshot: 0"
+        else:
+            what = f"runs at {value} shots, not {shots}"
+        warnings.append(f"{PROG}: warning: --num_fewshot {value} given: {name} {what}; "
+                        f"drop --num_fewshot or pick the variant with the shots you want")
+    return warnings
+
+
+def _our_names() -> set[str]:
+    """Task and group names defined by our YAMLs (their file names)."""
+    return {p.stem for p in Path(tasks_dir()).rglob("*.yaml") if not p.name.startswith("_")}
+
+
+# --- the registered copy inside lm-eval's task folder ---------------------------------------------
+
+def _lm_eval_tasks_folder() -> Path:
+    try:
+        lm_eval_tasks = importlib.import_module("lm_eval.tasks")
+    except ImportError:
+        raise IclvsftError("lm_eval is not installed in this environment (pip install 'lm_eval>=0.4.13,<0.5')") from None
+    return Path(lm_eval_tasks.__file__).resolve().parent
+
+
+def lm_eval_has_task_plugins() -> bool:
+    """True once lm-eval discovers ``lm_eval.tasks`` entry points itself (upstream PR #4015)."""
+    try:
+        manager = importlib.import_module("lm_eval.tasks.manager")
+    except ImportError:
+        return False
+    return hasattr(manager, "discover_plugin_task_paths")
+
+
+def _content_hash(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*.yaml")):
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def registration_state() -> tuple[str, Path]:
+    """(``"absent"`` | ``"current"`` | ``"stale"``, path of the registered copy)."""
+    target = _lm_eval_tasks_folder() / REGISTERED_DIR
+    stamp = target / _STAMP
+    if not stamp.is_file():
+        return "absent", target
+    try:
+        recorded = json.loads(stamp.read_text(encoding="utf-8")).get("content_hash")
+    except (OSError, ValueError):
+        return "stale", target
+    current = recorded == _content_hash(Path(tasks_dir())) == _content_hash(target)
+    return ("current" if current else "stale"), target
+
+
+def register() -> str:
+    if lm_eval_has_task_plugins():
+        return "not needed: this lm-eval discovers iclvsft's tasks through its lm_eval.tasks entry point"
+    source = Path(tasks_dir())
+    target = _lm_eval_tasks_folder() / REGISTERED_DIR
+    if target.exists() and not (target / _STAMP).is_file():
+        raise IclvsftError(f"{target} exists and was not made by `{PROG} register`; not touching it")
+
+    def fill(folder: Path) -> None:
+        for path in sorted(source.rglob("*.yaml")):
+            dest = folder / path.relative_to(source)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, dest)
+        stamp = {"content_hash": _content_hash(source), "source": str(source)}
+        (folder / _STAMP).write_text(json.dumps(stamp, indent=2) + "\n", encoding="utf-8")
+
+    try:
+        atomic_write_dir(target, fill)
+    except PermissionError as exc:
+        raise IclvsftError(f"cannot write {target}: {exc.strerror}") from None
+    return (f"registered: a bare `lm_eval --tasks parity_pattern ...` now finds iclvsft's tasks "
+            f"(copy in {target}; an lm-eval reinstall or upgrade removes it: run `{PROG} register` again)")
+
+
+def unregister() -> str:
+    state, target = registration_state()
+    if state == "absent":
+        return f"not registered (nothing at {target})"
+    try:
+        shutil.rmtree(target)
+    except OSError as exc:
+        raise IclvsftError(f"cannot remove {target}: {exc.strerror}") from None
+    return f"unregistered: removed {target}"
+
+
+def status() -> str:
+    if lm_eval_has_task_plugins():
+        return "plugin: this lm-eval discovers iclvsft's tasks through its lm_eval.tasks entry point"
+    state, target = registration_state()
+    return {
+        "absent": f"not registered: a bare `lm_eval` does not see iclvsft's tasks (use `{PROG}`, "
+                  f"`--include_path \"$(python -m iclvsft_tasks)\"`, or `{PROG} register`)",
+        "current": f"registered and current: {target}",
+        "stale": f"registered but stale (iclvsft's tasks changed since): {target}; run `{PROG} register` again",
+    }[state]
+
+
+# --- running lm-eval --------------------------------------------------------------------------------
+
+def _prepend_our_tasks_in_task_manager(ours: str) -> None:
+    """Make every TaskManager of this process index ``ours`` before the user's include paths."""
+    from lm_eval.tasks import TaskManager
+
+    original = TaskManager.__init__
+    signature = inspect.signature(original)
+
+    def __init__(self, *args, **kwargs):  # noqa: N807 - replacing a method
+        bound = signature.bind(self, *args, **kwargs)
+        given = bound.arguments.get("include_path")
+        user = [given] if isinstance(given, (str, Path)) else list(given or [])
+        bound.arguments["include_path"] = [ours, *user]
+        original(*bound.args, **bound.kwargs)
+
+    TaskManager.__init__ = __init__
+
+
+def lm_eval_argv(argv: Sequence[str]) -> list[str]:
+    """The argv for lm-eval's CLI, with our task directory added when it must be."""
+    argv = list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        return argv
+    if lm_eval_has_task_plugins() or registration_state()[0] == "current":
+        return argv
+    if _has_flag(argv, "--include_path", "--config", "-C"):
+        _prepend_our_tasks_in_task_manager(tasks_dir())
+        return argv
+    if argv[0] in _SUBCOMMANDS:
+        return [argv[0], "--include_path", tasks_dir(), *argv[1:]]
+    return ["run", "--include_path", tasks_dir(), *argv]
+
+
+def _main(argv: Sequence[str]) -> int:
+    if argv and argv[0] in ("register", "unregister", "status"):
+        if len(argv) > 1:
+            raise IclvsftError(f"`{PROG} {argv[0]}` takes no arguments")
+        print({"register": register, "unregister": unregister, "status": status}[argv[0]]())
+        return 0
+    for warning in num_fewshot_warnings(argv):
+        print(warning, file=sys.stderr)
+    new_argv = lm_eval_argv(argv)
+    from lm_eval.__main__ import cli_evaluate
+
+    sys.argv = ["lm-eval", *new_argv]
+    try:
+        cli_evaluate()
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .cliutil import run_cli
+
+    return run_cli(PROG, _main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""What lm-evaluation-harness calls: the dataset builder behind every YAML, and the task index.
+
+Every task YAML says ``custom_dataset: !function iclvsft_tasks.lm_eval_glue.load_splits`` with
+``dataset_kwargs: {iclvsft_task: <name>}``. lm-eval calls it with that plus its metadata, which
+holds the YAML's ``metadata``, every ``--model_args`` entry and every ``--metadata`` entry. Our
+settings there carry the ``iclvsft_`` prefix (``iclvsft_seed=1``, ``iclvsft_test_size=100``) so
+they cannot clash with a model's own ``seed``; any other key is not ours and is ignored.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import IclvsftError
+from .prompts import lm_eval_doc
+from .splits import SPLITS, SplitSpec, build_splits
+
+if TYPE_CHECKING:
+    import datasets
+    from lm_eval.tasks import TaskManager
+
+PREFIX = "iclvsft_"
+#: ``--metadata`` keys we read -> SplitSpec fields.
+METADATA_KEYS: dict[str, str] = {
+    f"{PREFIX}seed": "seed",
+    **{f"{PREFIX}{split}_size": f"{split}_size" for split in SPLITS},
+}
+_DATASET_KEY = f"{PREFIX}task"
+
+
+def tasks_dir() -> str:
+    """The directory of our lm-eval YAMLs (the installed ``task_configs``)."""
+    spec = importlib.util.find_spec("iclvsft_tasks.task_configs")
+    if spec is None or not spec.submodule_search_locations:
+        raise IclvsftError("the iclvsft task configs are not installed; reinstall the iclvsft package")
+    return str(Path(next(iter(spec.submodule_search_locations))).resolve())
+
+
+def _as_int(key: str, value: Any) -> int:
+    if isinstance(value, bool):
+        raise IclvsftError(f"{key} must be an integer, got {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+        return int(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    raise IclvsftError(f"{key} must be an integer, got {value!r}")
+
+
+def spec_from_metadata(task: str, metadata: dict[str, Any]) -> SplitSpec:
+    """The SplitSpec that lm-eval metadata asks for (unprefixed keys are someone else's)."""
+    unknown = sorted(k for k in metadata if k.startswith(PREFIX) and k not in METADATA_KEYS and k != _DATASET_KEY)
+    if unknown:
+        raise IclvsftError(f"unknown iclvsft metadata {', '.join(unknown)}; known: {', '.join(METADATA_KEYS)}")
+    fields = {METADATA_KEYS[k]: _as_int(k, v) for k, v in metadata.items() if k in METADATA_KEYS}
+    return SplitSpec(task, **fields)
+
+
+def load_splits(**kwargs: Any) -> datasets.DatasetDict:
+    """lm-eval's ``custom_dataset``: every split of one task, as lm-eval documents."""
+    try:
+        task = kwargs.pop(_DATASET_KEY)
+    except KeyError:
+        raise IclvsftError(f"the task YAML must set dataset_kwargs.{_DATASET_KEY}") from None
+    return dataset_dict(spec_from_metadata(task, kwargs))
+
+
+@functools.lru_cache(maxsize=32)
+def dataset_dict(spec: SplitSpec) -> datasets.DatasetDict:
+    """Splits as a ``datasets.DatasetDict``, cached so a group of variants builds each task once."""
+    import datasets
+
+    return datasets.DatasetDict(
+        {
+            split: datasets.Dataset.from_list([lm_eval_doc(item) for item in items])
+            for split, items in build_splits(spec).items()
+            if items  # lm-eval reads the first document of a split; leave empty ones out
+        }
+    )
+
+
+def metadata_for(
+    seed: int | None = None,
+    test_size: int | None = None,
+    test_broken_size: int | None = None,
+    validation_size: int | None = None,
+    train_size: int | None = None,
+) -> dict[str, int]:
+    """Prefixed lm-eval metadata for the given settings (None: keep the default)."""
+    given = {
+        "seed": seed,
+        "test_size": test_size,
+        "test_broken_size": test_broken_size,
+        "validation_size": validation_size,
+        "train_size": train_size,
+    }
+    return {f"{PREFIX}{key}": value for key, value in given.items() if value is not None}
+
+
+def task_manager(
+    *,
+    seed: int | None = None,
+    test_size: int | None = None,
+    test_broken_size: int | None = None,
+    validation_size: int | None = None,
+    train_size: int | None = None,
+    include_defaults: bool = False,
+    include_path: str | list[str] | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> TaskManager:
+    """An lm-eval TaskManager that knows our tasks, for ``lm_eval.simple_evaluate``.
+
+    ``include_defaults=False`` skips indexing lm-eval's ~15k built-in tasks (about 7 s).
+    """
+    from lm_eval.tasks import TaskManager
+
+    settings = metadata_for(seed, test_size, test_broken_size, validation_size, train_size)
+    for key, value in settings.items():
+        _as_int(key, value)
+    extra = [include_path] if isinstance(include_path, str) else list(include_path or [])
+    return TaskManager(
+        include_path=[tasks_dir(), *extra],
+        include_defaults=include_defaults,
+        metadata={**(metadata or {}), **settings},
+    )
