@@ -224,6 +224,10 @@ def _main(argv: Sequence[str]) -> int:
         cli_evaluate()
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except ValueError as exc:
+        if str(exc).startswith("Tasks not found"):  # lm-eval's own message, minus the traceback
+            raise IclvsftError(f"{exc} (iclvsft's tasks: `iclvsft tasks`; all: `{PROG} ls tasks`)") from None
+        raise
     return 0
 
 

@@ -64,6 +64,9 @@ class TaskConfig:
 
 _WHITESPACE = re.compile(r"\s+")
 
+#: An integer answer: "5" in " 5", " 5." or " 5, ..."; never the "5" of "5.5" or "5x".
+INTEGER_ANSWER = r"-?\d+(?!\.\d|\w)"
+
 
 def normalize_question(question: str) -> str:
     """The form two questions are compared in: whitespace runs collapsed, ends stripped."""
@@ -83,7 +86,8 @@ class PatternTask(ABC):
     description: ClassVar[str]
     #: Text after the question that asks for the answer ("" when the question ends in its own cue).
     cue: ClassVar[str]
-    #: Regex (anchored at the start of the model's continuation) that reads one answer.
+    #: Regex (matched at the start of the model's continuation) that reads one answer; tasks with
+    #: ``choices`` get one built from them.
     answer_regex: ClassVar[str]
     #: For tasks with a closed answer set: the canonical choices (enables multiple-choice variants).
     choices: ClassVar[tuple[str, ...] | None] = None
@@ -91,6 +95,11 @@ class PatternTask(ABC):
     max_answer_tokens: ClassVar[int] = 8
     #: The dataclass holding this task's generator settings.
     config_class: ClassVar[type[TaskConfig]]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.choices and "answer_regex" not in cls.__dict__:
+            cls.answer_regex = "(?i:" + "|".join(map(re.escape, cls.choices)) + r")\b"
 
     def __init__(self, config: TaskConfig | None = None) -> None:
         config = config if config is not None else self.config_class()

@@ -117,7 +117,6 @@ class BooleanPattern(PatternTask):
     name = "boolean_pattern"
     description = "Evaluate each Boolean expression using Python's operator precedence. Answer True or False."
     cue = "Answer:"
-    answer_regex = r"(?i:true|false)\b"
     choices = ("False", "True")
     max_answer_tokens = 4
     config_class = BooleanConfig

@@ -19,7 +19,7 @@ import operator
 import random
 from typing import Any, Callable, NamedTuple
 
-from .base import Draft, PatternTask, TaskConfig
+from .base import INTEGER_ANSWER, Draft, PatternTask, TaskConfig
 
 # Redraw function1 when its value leaves this bound: keeps answers short (max_answer_tokens).
 _VALUE_LIMIT = 10**6
@@ -247,7 +247,7 @@ class CodePattern(PatternTask):
     name = "code_pattern"
     description = "Give the output printed by each Python program. Answer with the printed value only."
     cue = "Output:"
-    answer_regex = r"-?\d+(?![\w.])"
+    answer_regex = INTEGER_ANSWER
     max_answer_tokens = 12
     config_class = CodeConfig
     config: CodeConfig

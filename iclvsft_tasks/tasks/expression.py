@@ -11,7 +11,7 @@ import re
 from typing import Any
 
 from ..errors import IclvsftError
-from .base import Draft, PatternTask, TaskConfig
+from .base import INTEGER_ANSWER, Draft, PatternTask, TaskConfig
 
 _SIGNED_INT = re.compile(r"[+-]?\d+")
 
@@ -63,7 +63,7 @@ class ExpressionPattern(PatternTask):
     name = "expression_pattern"
     description = "Calculate the value of each expression. Answer with the integer only."
     cue = ""  # the question's own trailing "=" asks for the answer
-    answer_regex = r"-?\d+(?![\w.])"
+    answer_regex = INTEGER_ANSWER
     max_answer_tokens = 8
     config_class = ExpressionConfig
     config: ExpressionConfig

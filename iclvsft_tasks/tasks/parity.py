@@ -34,7 +34,6 @@ class ParityPattern(PatternTask):
     name = "parity_pattern"
     description = "Decide whether the sum of the numbers is even or odd. Answer even or odd."
     cue = "Answer:"
-    answer_regex = r"(?i:even|odd)\b"
     choices = ("even", "odd")
     max_answer_tokens = 4
     config_class = ParityConfig

@@ -60,7 +60,6 @@ class RelationPattern(PatternTask):
         "chain through other cities. Answer True or False."
     )
     cue = "Answer:"
-    answer_regex = r"(?i:true|false)\b"
     choices = ("False", "True")
     max_answer_tokens = 4
     config_class = RelationConfig
