@@ -83,47 +83,37 @@ def dataset_dict(spec: SplitSpec) -> datasets.DatasetDict:
     )
 
 
-def metadata_for(
-    seed: int | None = None,
-    test_size: int | None = None,
-    test_broken_size: int | None = None,
-    validation_size: int | None = None,
-    train_size: int | None = None,
-) -> dict[str, int]:
-    """Prefixed lm-eval metadata for the given settings (None: keep the default)."""
-    given = {
-        "seed": seed,
-        "test_size": test_size,
-        "test_broken_size": test_broken_size,
-        "validation_size": validation_size,
-        "train_size": train_size,
-    }
-    return {f"{PREFIX}{key}": value for key, value in given.items() if value is not None}
+def metadata_for(**settings: int | None) -> dict[str, int]:
+    """Prefixed lm-eval metadata, e.g. ``metadata_for(seed=1, test_size=100)``; None keeps a default."""
+    metadata = {}
+    for key, value in settings.items():
+        prefixed = f"{PREFIX}{key}"
+        if prefixed not in METADATA_KEYS:
+            known = ", ".join(k.removeprefix(PREFIX) for k in METADATA_KEYS)
+            raise IclvsftError(f"unknown setting {key!r}; known: {known}")
+        if value is not None:
+            metadata[prefixed] = _as_int(prefixed, value)
+    return metadata
 
 
 def task_manager(
     *,
-    seed: int | None = None,
-    test_size: int | None = None,
-    test_broken_size: int | None = None,
-    validation_size: int | None = None,
-    train_size: int | None = None,
     include_defaults: bool = False,
     include_path: str | list[str] | None = None,
     metadata: dict[str, Any] | None = None,
+    **settings: int | None,
 ) -> TaskManager:
     """An lm-eval TaskManager that knows our tasks, for ``lm_eval.simple_evaluate``.
 
-    ``include_defaults=False`` skips indexing lm-eval's ~15k built-in tasks (about 7 s).
+    ``settings`` are ``seed`` and the split sizes (``test_size``, ``test_broken_size``,
+    ``validation_size``, ``train_size``). ``include_defaults=False`` skips indexing lm-eval's ~15k
+    built-in tasks (about 7 s).
     """
     from lm_eval.tasks import TaskManager
 
-    settings = metadata_for(seed, test_size, test_broken_size, validation_size, train_size)
-    for key, value in settings.items():
-        _as_int(key, value)
     extra = [include_path] if isinstance(include_path, str) else list(include_path or [])
     return TaskManager(
         include_path=[tasks_dir(), *extra],
         include_defaults=include_defaults,
-        metadata={**(metadata or {}), **settings},
+        metadata={**(metadata or {}), **metadata_for(**settings)},
     )

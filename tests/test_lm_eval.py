@@ -202,3 +202,8 @@ def test_tiny_llama_runs_every_task_through_the_python_api(tiny_llama):
             extracted = sample["filtered_resps"][0]
             assert extracted == INVALID or extracted == get_task(sample["doc"]["task"]).canonical_answer(extracted)
     assert "acc,none" in result["results"]["relation_pattern_mc_1shot"]
+
+
+def test_task_manager_refuses_unknown_settings():
+    with pytest.raises(IclvsftError, match="unknown setting 'test_sise'"):
+        iclvsft_tasks.task_manager(test_sise=5)
