@@ -1,0 +1,535 @@
+"""``iclvsft-train`` as a library: data first, a resolved YAML, then ``trl sft`` as a subprocess.
+
+The flow of one run:
+  1. check every input (task, samples, model, output dir, flags) before writing anything;
+  2. write the training data once, before any training process exists;
+  3. resolve the config: recipe defaults <- platform fixes <- the user's ``--config`` <- explicit
+     flags (TRL's own parser applies the last two, exactly as ``trl sft`` will), plus the keys this
+     wrapper derives (data path, ``max_steps`` and checkpoint steps from the sample counts);
+  4. run ``trl sft --config resolved.yaml <the user's other flags>``: TRL hands every flag it does not
+     know to ``accelerate launch``, so DeepSpeed, FSDP and multi-node flags pass straight through;
+  5. turn the checkpoints at milestone steps into ``milestones/samples-<n>`` and record everything in
+     ``manifest.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import importlib.util
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from iclvsft_tasks.atomic import atomic_open, atomic_write_text
+from iclvsft_tasks.errors import IclvsftError
+
+from .data import DataOptions, build_records, split_fingerprints, write_records
+
+RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
+MANIFEST = "manifest.json"
+RESOLVED = "resolved.yaml"
+DATA_DIR = "data"
+ITEMS_FILE = "training_items.jsonl"
+MILESTONES_DIR = "milestones"
+#: Keys this wrapper derives; a user setting them would silently break the sample accounting.
+DERIVED_KEYS = ("dataset_name", "max_steps", "save_strategy", "save_steps", "resume_from_checkpoint",
+                "dataset_train_split", "datasets")
+#: Files of a checkpoint needed only to resume it; dropped from finished milestones.
+_RESUME_ONLY_FILES = ("optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state.pth")
+#: The command that is `trl sft`, run by this interpreter so the same environment is used.
+TRL_COMMAND = [sys.executable, "-c", "import sys; from trl.cli import main; sys.exit(main())", "sft"]
+
+
+def recipe_names() -> list[str]:
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def load_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise IclvsftError(f"cannot read {what} {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise IclvsftError(f"{what} {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise IclvsftError(f"{what} {path} must hold a YAML mapping of trl sft options")
+    return data
+
+
+def load_recipe(name: str) -> dict[str, Any]:
+    path = RECIPES_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise IclvsftError(f"unknown recipe {name!r}; recipes: {', '.join(recipe_names())}")
+    return load_yaml_mapping(path, "recipe")
+
+
+def default_threads() -> int:
+    """Torch threads for CPU training: one core left for the data loader and the OS.
+
+    Measured on 2 busy cores: 2 threads ran 6x slower than 1 (oversubscription).
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores - 1)
+
+
+def platform_defaults(cuda: bool | None = None) -> dict[str, Any]:
+    """What TRL gets wrong by default on this machine."""
+    if cuda is None:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    if cuda:
+        attention = "flash_attention_2" if importlib.util.find_spec("flash_attn") else "sdpa"
+        return {"bf16": True, "attn_implementation": attention}
+    defaults: dict[str, Any] = {"bf16": False, "gradient_checkpointing": False}  # TRL's bf16 default fails on CPU
+    if "OMP_NUM_THREADS" not in os.environ:
+        defaults["env"] = {"OMP_NUM_THREADS": str(default_threads())}
+    return defaults
+
+
+def merge_configs(*layers: dict[str, Any]) -> dict[str, Any]:
+    """Later layers win; ``env`` blocks are merged key by key."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in layer.items():
+            if key == "env" and isinstance(value, dict):
+                merged["env"] = {**merged.get("env", {}), **value}
+            else:
+                merged[key] = value
+    return merged
+
+
+# --- flags ------------------------------------------------------------------------------------------
+
+def _flag_name(token: str) -> str:
+    return token.split("=", 1)[0]
+
+
+def flag_value(argv: Sequence[str], name: str) -> str | None:
+    """Value of ``--name V`` or ``--name=V`` in ``argv`` (the last one wins)."""
+    value = None
+    for i, token in enumerate(argv):
+        if token == name and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif token.startswith(name + "="):
+            value = token.split("=", 1)[1]
+    return value
+
+
+def normalize_passthrough(argv: Sequence[str]) -> list[str]:
+    """``--accelerate_config=X`` -> two tokens: TRL only resolves the two-token form (trl#6874)."""
+    out: list[str] = []
+    for token in argv:
+        if token.startswith("--accelerate_config="):
+            out += ["--accelerate_config", token.split("=", 1)[1]]
+        else:
+            out.append(token)
+    return out
+
+
+def _accelerate_flags() -> set[str]:
+    from accelerate.commands.launch import launch_command_parser
+
+    return {opt for action in launch_command_parser()._actions for opt in action.option_strings}
+
+
+def _trl_flags(parser: Any) -> set[str]:
+    return {opt for action in parser._actions for opt in action.option_strings}
+
+
+def parse_trl(config_path: Path, passthrough: Sequence[str]) -> tuple[Any, Any, Any, list[str]]:
+    """Parse like ``trl sft`` does: returns (script args, SFTConfig, ModelConfig, strings for accelerate).
+
+    Flags that neither TRL nor accelerate knows are named here, instead of TRL's message that
+    blames accelerate ("Accelerate launch command: error: unrecognized arguments").
+    """
+    try:
+        from trl.scripts.sft import make_parser
+    except ImportError:
+        raise IclvsftError("the training add-on needs the train extra: pip install 'iclvsft[train]'") from None
+    parser = make_parser()
+    known = _trl_flags(parser) | _accelerate_flags() | {"--accelerate_config"}
+    for token in passthrough:
+        if token.startswith("-") and not _is_number(token) and _flag_name(token) not in known:
+            name = _flag_name(token)
+            close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.75)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise IclvsftError(f"unknown option {name}: not an iclvsft-train, trl sft or accelerate flag{hint}")
+    env_before = dict(os.environ)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            script_args, sft_args, model_args, _, remaining = parser.parse_args_and_config(
+                ["--config", str(config_path), *passthrough], return_remaining_strings=True)
+    except (ValueError, TypeError) as exc:
+        raise IclvsftError(f"trl sft rejects the configuration: {str(exc).splitlines()[0]}") from None
+    except SystemExit:
+        raise IclvsftError("trl sft rejects the flags (see the message above)") from None
+    finally:
+        os.environ.clear()
+        os.environ.update(env_before)  # the YAML's env block is for the training process, not ours
+    return script_args, sft_args, model_args, list(remaining)
+
+
+def _is_number(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
+
+
+def world_size(passthrough: Sequence[str], resolved: dict[str, Any]) -> int:
+    """Processes accelerate will start: ``--num_processes``, else the accelerate config's, else 1."""
+    value = flag_value(passthrough, "--num_processes") or resolved.get("num_processes")
+    if value is None:
+        config_file = flag_value(passthrough, "--config_file") or resolved.get("config_file")
+        profile = flag_value(passthrough, "--accelerate_config") or resolved.get("accelerate_config")
+        if profile and not config_file:
+            path = Path(profile)
+            if not path.is_file():
+                spec = importlib.util.find_spec("trl")
+                path = Path(next(iter(spec.submodule_search_locations))) / "accelerate_configs" / f"{profile}.yaml"
+            config_file = str(path)
+        if config_file:
+            value = load_yaml_mapping(Path(config_file), "accelerate config").get("num_processes", 1)
+    try:
+        size = int(value) if value is not None else 1
+    except (TypeError, ValueError):
+        raise IclvsftError(f"--num_processes must be an integer, got {value!r}") from None
+    if size < 1:
+        raise IclvsftError(f"--num_processes must be at least 1, got {size}")
+    return size
+
+
+# --- samples and steps ------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """How sample counts map to optimizer steps: one step = one effective batch of samples."""
+
+    effective_batch: int   # per-device batch x gradient accumulation x processes
+    max_steps: int
+    milestone_steps: dict[int, int]  # samples seen -> step
+    save_steps: int
+
+    @property
+    def samples_seen(self) -> int:
+        return self.max_steps * self.effective_batch
+
+
+def plan_schedule(samples: int, epochs: float, per_device: int, accumulation: int, processes: int,
+                  milestones: Sequence[int]) -> Schedule:
+    batch = per_device * accumulation * processes
+    where = f"the effective batch {batch} ({per_device} per device x {accumulation} accumulation x {processes} processes)"
+
+    def nearest(n: int) -> str:
+        low, high = (n // batch) * batch, (n // batch + 1) * batch
+        return " or ".join(str(v) for v in (low, high) if v > 0)
+
+    if samples % batch:
+        raise IclvsftError(f"--samples {samples} is not a multiple of {where}; sample counts are whole "
+                           f"batches: use {nearest(samples)}, or change the batch")
+    total = epochs * samples / batch
+    if epochs <= 0 or abs(total - round(total)) > 1e-9:
+        raise IclvsftError(f"num_train_epochs {epochs} x --samples {samples} is not a whole number of "
+                           f"batches of {batch}")
+    max_steps = round(total)
+    steps: dict[int, int] = {}
+    for m in sorted(set(milestones)):
+        if m <= 0 or m % batch or m > max_steps * batch:
+            raise IclvsftError(f"milestone {m} must be a positive multiple of {where}, at most the "
+                               f"{max_steps * batch} samples the run sees; nearest: {nearest(m)}")
+        steps[m] = m // batch
+    # Checkpoints every gcd of the milestone steps land on every milestone (the trainer also saves at
+    # the last step); the ones in between are resume points, deleted when the run ends. Without
+    # milestones, resume points fall about every tenth of the run.
+    save_steps = math.gcd(*steps.values()) if steps else max(1, math.ceil(max_steps / 10))
+    return Schedule(batch, max_steps, steps, save_steps)
+
+
+def parse_int_list(text: str, what: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise IclvsftError(f"{what} must be comma-separated integers, got {text!r}") from None
+    if not values:
+        raise IclvsftError(f"{what} is empty")
+    return values
+
+
+# --- the run -------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class TrainOptions:
+    task: str
+    samples: int
+    model: str
+    output_dir: Path
+    recipe: str = "lora"
+    config: Path | None = None
+    milestones: tuple[int, ...] = ()
+    train_shots: tuple[int, ...] = (0,)
+    data_seed: int = 0
+    sizes: dict[str, int] = dataclasses.field(default_factory=dict)
+    resume: bool = False
+    passthrough: tuple[str, ...] = ()
+    dry_run: bool = False
+
+
+def check_model(model: str) -> None:
+    """Fail early and in one line when the model cannot be found (local path or cached hub id)."""
+    path = Path(model).expanduser()
+    looks_local = model.startswith((".", "/", "~")) or path.exists() or model.count("/") > 1
+    if looks_local and not path.is_dir():
+        raise IclvsftError(f"model {model} not found: no such directory")
+    from transformers import AutoConfig
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            AutoConfig.from_pretrained(str(path) if looks_local else model)
+    except Exception as exc:  # noqa: BLE001 - any loading failure is the user's model, said in one line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise IclvsftError(f"cannot load model {model}: {first}") from None
+
+
+def check_output_dir(output_dir: Path, resume: bool) -> None:
+    if output_dir.exists() and not output_dir.is_dir():
+        raise IclvsftError(f"--output_dir {output_dir} exists and is not a directory")
+    if resume:
+        return
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not _only_prepared(output_dir):
+        what = "a run" if (output_dir / MANIFEST).exists() else "files"
+        raise IclvsftError(f"--output_dir {output_dir} already holds {what}; add --resume to continue "
+                           "an interrupted run, or choose another directory")
+    probe_parent = output_dir if output_dir.is_dir() else next(p for p in output_dir.parents if p.exists())
+    if not probe_parent.is_dir() or not os.access(probe_parent, os.W_OK | os.X_OK):
+        raise IclvsftError(f"--output_dir {output_dir} is not writable ({probe_parent} is not a writable directory)")
+
+
+def _only_prepared(output_dir: Path) -> bool:
+    """A folder left by --dry-run: prepared, never trained, so it may be prepared again."""
+    try:
+        status = json.loads((output_dir / MANIFEST).read_text(encoding="utf-8")).get("status")
+    except (OSError, ValueError):
+        return False
+    return status == "prepared" and not any(output_dir.glob("checkpoint-*"))
+
+
+def complete_checkpoints(output_dir: Path) -> list[Path]:
+    """Checkpoints that finished writing (the trainer writes trainer_state.json last), oldest first."""
+    found = []
+    for path in output_dir.glob("checkpoint-*"):
+        suffix = path.name.split("-", 1)[1]
+        if path.is_dir() and suffix.isdigit() and (path / "trainer_state.json").is_file():
+            found.append((int(suffix), path))
+    return [p for _, p in sorted(found)]
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for package in ("iclvsft", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "lm_eval"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            out[package] = "not installed"
+    return out
+
+
+def _write_manifest(output_dir: Path, manifest: dict[str, Any]) -> None:
+    atomic_write_text(output_dir / MANIFEST, json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+
+
+def _progress(total: int, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="sample", file=sys.stderr, leave=False)
+
+
+def prepare(options: TrainOptions) -> dict[str, Any]:
+    """Steps 1-3: check, write data and resolved.yaml, and return the manifest (nothing is launched)."""
+    data = DataOptions.create(options.task, options.samples, options.data_seed, options.train_shots, options.sizes)
+    output_dir = options.output_dir
+    check_output_dir(output_dir, options.resume)
+    previous: dict[str, Any] | None = None
+    if options.resume:
+        if not (output_dir / MANIFEST).is_file():
+            raise IclvsftError(f"nothing to resume in {output_dir}: no {MANIFEST} from an earlier iclvsft-train run")
+        previous = json.loads((output_dir / MANIFEST).read_text(encoding="utf-8"))
+        if previous.get("status") == "complete":
+            raise IclvsftError(f"nothing to resume in {output_dir}: that run already completed")
+    check_model(options.model)
+
+    recipe = load_recipe(options.recipe)
+    user = load_yaml_mapping(options.config, "--config") if options.config else {}
+    passthrough = normalize_passthrough(options.passthrough)
+    for key in DERIVED_KEYS:
+        if key in user or flag_value(passthrough, f"--{key}") is not None:
+            raise IclvsftError(f"{key} is set by iclvsft-train (from --samples, --milestones and --resume); "
+                               "remove it from your flags and --config")
+    for key in ("model_name_or_path", "output_dir"):
+        if key in user:
+            raise IclvsftError(f"give --{key} on the command line, not in --config")
+    trained = merge_configs(recipe, platform_defaults(), user)
+    launcher = {}
+    if not any(flag_value(passthrough, f) or user.get(f[2:]) for f in ("--config_file", "--accelerate_config")):
+        # One process unless told otherwise (CLI flags still win), with accelerate's precision
+        # matching the trainer's; this also silences accelerate's "values were not passed" warning.
+        precision = "bf16" if trained.get("bf16") else "fp16" if trained.get("fp16") else "no"
+        launcher = {"num_processes": 1, "num_machines": 1, "mixed_precision": precision, "dynamo_backend": "no"}
+    base = merge_configs(recipe, platform_defaults(), launcher, user, {
+        "model_name_or_path": options.model,
+        "output_dir": str(output_dir),
+        "dataset_name": str((output_dir / DATA_DIR).resolve()),
+    })
+
+    # Parse the way `trl sft` will, to learn the batch and epochs that explicit flags may override.
+    probe_dir = Path(os.environ.get("TMPDIR", "/tmp"))
+    probe = probe_dir / f".iclvsft-train-probe-{os.getpid()}.yaml"
+    try:
+        probe.write_text(yaml.safe_dump(base, sort_keys=False), encoding="utf-8")
+        _, sft_args, model_args, remaining = parse_trl(probe, passthrough)
+    finally:
+        probe.unlink(missing_ok=True)
+    processes = world_size(passthrough, base)
+    schedule = plan_schedule(options.samples, float(sft_args.num_train_epochs), sft_args.per_device_train_batch_size,
+                             sft_args.gradient_accumulation_steps, processes, options.milestones)
+    resolved = merge_configs(base, {"max_steps": schedule.max_steps, "save_strategy": "steps",
+                                    "save_steps": schedule.save_steps})
+
+    manifest = {
+        "status": "prepared",
+        "tasks": list(data.tasks),
+        "samples": options.samples,
+        "samples_per_task": data.per_task(),
+        "data_seed": options.data_seed,
+        "train_shots": list(data.train_shots),
+        "split_sizes": dict(data.sizes),
+        "split_fingerprints": split_fingerprints(data),
+        "recipe": options.recipe,
+        "user_config": str(options.config) if options.config else None,
+        "model": options.model,
+        "peft": bool(model_args.use_peft),
+        "resolved_config": resolved,
+        "passthrough_flags": passthrough,
+        "accelerate_flags": remaining,
+        "processes": processes,
+        "effective_batch": schedule.effective_batch,
+        "max_steps": schedule.max_steps,
+        "samples_seen_at_end": schedule.samples_seen,
+        "milestones": {str(m): {"step": s, "path": None} for m, s in schedule.milestone_steps.items()},
+        "versions": _versions(),
+    }
+    if previous is not None:
+        for key in ("tasks", "samples", "data_seed", "train_shots", "split_sizes", "split_fingerprints",
+                    "resolved_config", "passthrough_flags", "milestones"):
+            if previous.get(key) != manifest[key]:
+                raise IclvsftError(f"--resume needs the same options as the interrupted run, but {key} differs "
+                                   f"(see {output_dir / MANIFEST})")
+
+    with _progress(options.samples, "training data") as bar:
+        records = build_records(data, progress=bar.update)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    data_path = write_records(records, output_dir / DATA_DIR)
+    manifest["data_sha256"] = hashlib.sha256(data_path.read_bytes()).hexdigest()
+    if previous is not None and previous.get("data_sha256") != manifest["data_sha256"]:
+        raise IclvsftError("--resume: the regenerated training data differs from the interrupted run's")
+    with atomic_open(output_dir / ITEMS_FILE) as handle:
+        for record in records:
+            handle.write(json.dumps({k: record[k] for k in ("id", "task", "shots", "demo_ids")}) + "\n")
+    atomic_write_text(output_dir / RESOLVED, yaml.safe_dump(resolved, sort_keys=False))
+    _write_manifest(output_dir, manifest)
+    return manifest
+
+
+def trl_command(output_dir: Path, passthrough: Sequence[str], resume_from: Path | None = None) -> list[str]:
+    cmd = [*TRL_COMMAND, "--config", str(output_dir / RESOLVED), *normalize_passthrough(passthrough)]
+    if resume_from is not None:
+        cmd += ["--resume_from_checkpoint", str(resume_from)]
+    return cmd
+
+
+def finalize_milestones(output_dir: Path, manifest: dict[str, Any]) -> None:
+    """Keep the checkpoints at milestone steps as ``milestones/samples-<n>``; drop the other ones."""
+    by_step = {int(p.name.split("-")[1]): p for p in complete_checkpoints(output_dir)}
+    for samples, entry in manifest["milestones"].items():
+        target = output_dir / MILESTONES_DIR / f"samples-{samples}"
+        if not target.is_dir():
+            source = by_step.get(entry["step"])
+            if source is None:
+                raise IclvsftError(f"the checkpoint for milestone {samples} (step {entry['step']}) is missing")
+            target.parent.mkdir(exist_ok=True)
+            os.replace(source, target)
+        for name in _RESUME_ONLY_FILES:
+            (target / name).unlink(missing_ok=True)
+        entry["path"] = str(target)
+    for leftover in output_dir.glob("checkpoint-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def run(options: TrainOptions) -> int:
+    """The whole run; returns trl's exit code (0 on success)."""
+    manifest = prepare(options)
+    output_dir = options.output_dir
+    resume_from = None
+    if options.resume:
+        checkpoints = complete_checkpoints(output_dir)
+        for partial in output_dir.glob("checkpoint-*"):
+            if partial not in checkpoints:
+                shutil.rmtree(partial, ignore_errors=True)  # killed while saving: useless
+        if not checkpoints:
+            raise IclvsftError(f"nothing to resume in {output_dir}: the interrupted run saved no complete checkpoint")
+        resume_from = checkpoints[-1]
+    cmd = trl_command(output_dir, options.passthrough, resume_from)
+    manifest["command"] = cmd
+    if options.dry_run:
+        print(" ".join(cmd))
+        return 0
+    manifest["status"] = "running"
+    _write_manifest(output_dir, manifest)
+    print(f"iclvsft-train: {manifest['samples']} samples of {', '.join(manifest['tasks'])}, "
+          f"{manifest['max_steps']} steps of {manifest['effective_batch']} samples, recipe {options.recipe}"
+          + (f", resuming from {resume_from.name}" if resume_from else ""), file=sys.stderr)
+    process = subprocess.Popen(cmd)
+    previous = {sig: signal.signal(sig, lambda s, f: process.send_signal(s)) for sig in (signal.SIGTERM,)}
+    try:
+        code = process.wait()
+    except KeyboardInterrupt:
+        code = process.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if code != 0:
+        manifest["status"] = "failed"
+        manifest["exit_code"] = code
+        _write_manifest(output_dir, manifest)
+        print(f"iclvsft-train: trl sft exited with status {code}; `--resume` continues from the last checkpoint",
+              file=sys.stderr)
+        return code
+    checkpoints = complete_checkpoints(output_dir)
+    last_state = json.loads((checkpoints[-1] / "trainer_state.json").read_text()) if checkpoints else {}
+    finalize_milestones(output_dir, manifest)
+    manifest["status"] = "complete"
+    manifest["final_model"] = str(output_dir)
+    manifest["global_step"] = last_state.get("global_step")
+    manifest["samples_seen"] = (last_state.get("global_step") or 0) * manifest["effective_batch"]
+    _write_manifest(output_dir, manifest)
+    print(f"iclvsft-train: done: {output_dir} ({len(manifest['milestones'])} milestones)", file=sys.stderr)
+    return 0
