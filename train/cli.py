@@ -23,7 +23,8 @@ PROG = "iclvsft-train"
 
 
 def build_parser() -> OneLineParser:
-    parser = OneLineParser(prog=PROG, allow_abbrev=False, description=__doc__.splitlines()[0],
+    parser = OneLineParser(prog=PROG, allow_abbrev=False,
+                           description="Fine-tune a causal LM on the pattern tasks through TRL's trl sft.",
                            epilog="Every other flag goes unchanged to `trl sft`, and from there to accelerate.")
     parser.add_argument("--task", required=True, help="task, or several comma-separated to mix (see `iclvsft tasks`)")
     parser.add_argument("--samples", required=True, type=int, help="training samples (distinct items, split evenly across tasks)")
