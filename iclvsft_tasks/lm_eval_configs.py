@@ -7,7 +7,7 @@ Regenerate with ``make configs`` (``python -m iclvsft_tasks.lm_eval_configs task
 Layout (lm-eval's ``_base.yaml`` + tiny variants via ``include:``):
   _iclvsft_base.yaml                  what every task shares (data, prompt fields, filter, metric)
   <task>/_base.yaml                   one task's data and generation budget
-  <task>/<task>[_broken][_<k>shot].yaml   generation variants: split and shot count
+  <task>/<task>[_broken|_validation][_<k>shot].yaml   generation variants: split and shot count
   <task>/_mc_base.yaml, <task>/<task>[_broken]_mc[_<k>shot].yaml   multiple choice (binary tasks)
   groups/iclvsft_patterns[_broken][_<k>shot].yaml
 """
@@ -37,9 +37,15 @@ def _q(text: str) -> str:
     return json.dumps(text)
 
 
-def variant_name(task: str, broken: bool = False, mc: bool = False, shots: int | None = None) -> str:
-    """``parity_pattern`` + options -> ``parity_pattern_broken_mc_4shot``."""
-    return task + ("_broken" if broken else "") + ("_mc" if mc else "") + (f"_{shots}shot" if shots is not None else "")
+#: Evaluation split -> the infix of its task names ("test" has none).
+SPLIT_INFIX = {"test": "", "test_broken": "_broken", "validation": "_validation"}
+
+
+def variant_name(task: str, broken: bool = False, mc: bool = False, shots: int | None = None,
+                 split: str | None = None) -> str:
+    """``parity_pattern`` + options -> ``parity_pattern_broken_mc_4shot`` (``split`` overrides ``broken``)."""
+    split = split or ("test_broken" if broken else "test")
+    return task + SPLIT_INFIX[split] + ("_mc" if mc else "") + (f"_{shots}shot" if shots is not None else "")
 
 
 def group_name(broken: bool = False, shots: int | None = None) -> str:
@@ -98,9 +104,9 @@ metric_list:
 """
 
 
-def _variant(base: str, name: str, broken: bool, shots: int) -> str:
-    split = "test_split: test_broken\n" if broken else ""
-    return _HEADER + f"include: {base}\ntask: {name}\n{split}num_fewshot: {shots}\n"
+def _variant(base: str, name: str, split: str, shots: int) -> str:
+    split_line = f"test_split: {split}\n" if split != "test" else ""
+    return _HEADER + f"include: {base}\ntask: {name}\n{split_line}num_fewshot: {shots}\n"
 
 
 def _group(name: str, members: list[str], metric: str, filter_name: str | None) -> str:
@@ -126,11 +132,12 @@ def render_configs() -> dict[str, str]:
         if cls.choices:
             files[f"{task}/_mc_base.yaml"] = _mc_base(task)
         for mc, base in kinds:
-            for broken in (False, True):
+            # Validation variants (generation only) serve choosing k and checkpoints without test.
+            for split in ("test", "test_broken") + (() if mc else ("validation",)):
                 for shots in (None, *SHOTS):
-                    name = variant_name(task, broken, mc, shots)
+                    name = variant_name(task, mc=mc, shots=shots, split=split)
                     k = DEFAULT_SHOTS if shots is None else shots
-                    files[f"{task}/{name}.yaml"] = _variant(base, name, broken, k)
+                    files[f"{task}/{name}.yaml"] = _variant(base, name, split, k)
     for broken in (False, True):
         for shots in (None, *SHOTS):
             name = group_name(broken, shots)

@@ -35,8 +35,8 @@ def all_variant_names() -> list[str]:
     names = []
     for task, cls in TASKS.items():
         for mc in (False, True) if cls.choices else (False,):
-            for broken in (False, True):
-                names += [variant_name(task, broken, mc, shots) for shots in (None, *SHOTS)]
+            for split in ("test", "test_broken") + (() if mc else ("validation",)):
+                names += [variant_name(task, mc=mc, shots=shots, split=split) for shots in (None, *SHOTS)]
     return names
 
 
@@ -48,7 +48,8 @@ def test_committed_yamls_are_what_the_registry_renders():
 
 def test_every_task_variant_and_group_is_indexed(tm):
     assert set(all_variant_names()) <= set(tm.all_subtasks)
-    assert len(all_variant_names()) == 5 * 16 + 3 * 16
+    assert len(all_variant_names()) == 5 * 24 + 3 * 16
+    assert "parity_pattern_validation_4shot" in tm.all_subtasks
     groups = {group_name(broken, shots) for broken in (False, True) for shots in (None, *SHOTS)}
     assert groups <= set(tm.all_groups)
     assert {"iclvsft_patterns", "iclvsft_patterns_broken"} <= set(tm.all_groups)
@@ -71,9 +72,9 @@ def test_loading_a_group_builds_each_tasks_splits_once(tm):
 
 @pytest.mark.parametrize("task_name", list(TASKS))
 @pytest.mark.parametrize("shots", [0, 1, 4])
-@pytest.mark.parametrize("broken", [False, True])
-def test_fewshot_context_is_k_train_demos_then_the_query(tm, task_name, shots, broken):
-    task = _load(tm, variant_name(task_name, broken, False, shots))
+@pytest.mark.parametrize("split", ["test", "test_broken", "validation"])
+def test_fewshot_context_is_k_train_demos_then_the_query(tm, task_name, shots, split):
+    task = _load(tm, variant_name(task_name, shots=shots, split=split))
     train_ids = {d["id"] for d in task.fewshot_docs()}
     docs = list(task.test_docs())[:3]
     for doc in docs:
@@ -87,7 +88,7 @@ def test_fewshot_context_is_k_train_demos_then_the_query(tm, task_name, shots, b
         assert all(d["pattern"] for d in demos)  # demonstrations always follow the pattern
         assert context == render_prompt(doc, demos)
         assert context.endswith(query(doc))
-        assert doc["split"] == ("test_broken" if broken else "test")
+        assert doc["split"] == split
 
 
 @pytest.mark.parametrize("task_name", [t for t, c in TASKS.items() if c.choices])
