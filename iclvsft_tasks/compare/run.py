@@ -1,0 +1,381 @@
+"""``iclvsft compare``: the base model at k shots vs fine-tuned checkpoints after n samples.
+
+The run is a list of *cells* (condition, task, split, shots or samples), each evaluated through
+lm-eval with our registered tasks, so a cell's accuracy is exactly what ``iclvsft-eval`` reports.
+Every finished cell is stored under a key made of everything that determines it (model, task,
+condition, shots/samples, seeds, split fingerprint, dtype, backend, training config), so a rerun
+skips finished cells, a killed run resumes, and a changed generator (a new fingerprint) makes new
+cells instead of mixing with old ones.
+
+Order: plan (all checks, nothing evaluated), ICL cells on the base model, then per fine-tune:
+train (or resume) with ``iclvsft-train``, evaluate each milestone at 0 shots. Finally the
+validation split chooses the reported k and n, and results, plots and the report are written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..atomic import atomic_open, atomic_write_text
+from ..errors import IclvsftError
+from ..lm_eval_configs import SHOTS, variant_name
+from ..splits import SplitSpec, fingerprints
+from .config import Experiment
+
+EVAL_SPLITS = ("validation", "test", "test_broken")
+CELLS_DIR = "cells"
+PREDICTIONS_DIR = "predictions"
+FT_DIR = "ft"
+
+
+@dataclasses.dataclass(frozen=True)
+class Training:
+    """One fine-tuning run of ``iclvsft-train`` (per task, or one mixture)."""
+
+    name: str
+    tasks: tuple[str, ...]
+    directory: Path
+    config_hash: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    condition: str          # "icl" | "ft"
+    task: str
+    split: str
+    shots: int
+    ft_samples: int
+    training: Training | None = None
+
+    def key(self, context: dict[str, Any]) -> str:
+        payload = {**context, "condition": self.condition, "task": self.task, "split": self.split,
+                   "shots": self.shots, "ft_samples": self.ft_samples,
+                   "training": self.training.config_hash if self.training else None}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def lm_eval_task(task: str, split: str, shots: int) -> tuple[str, int | None]:
+    """Registered task name for a cell, and a num_fewshot override when k has no variant of its own."""
+    if shots in SHOTS:
+        return variant_name(task, shots=shots, split=split), None
+    return variant_name(task, split=split), shots
+
+
+def lm_spec(exp: Experiment, model_path: str, adapter: str | None = None) -> tuple[str, dict[str, Any]]:
+    """lm-eval model name and arguments for the chosen backend (``adapter``: a LoRA directory)."""
+    args: dict[str, Any] = {"pretrained": model_path, "dtype": exp.dtype}
+    if exp.eval_backend == "hf":
+        if adapter:
+            args["peft"] = adapter
+        return "hf", {**args, **exp.eval_args}
+    # vLLM through lm-eval's own backend: tensor/data parallel sizes and engine options pass through.
+    args.update({"tensor_parallel_size": 1, "data_parallel_size": 1})
+    if adapter:
+        rank = json.loads((Path(adapter) / "adapter_config.json").read_text()).get("r", 16)
+        args.update({"lora_local_path": adapter, "max_lora_rank": max(16, int(rank))})
+    return "vllm", {**args, **exp.eval_args}
+
+
+def _device(exp: Experiment) -> str:
+    if exp.device:
+        return exp.device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_lm(exp: Experiment, model_path: str, adapter: str | None = None):
+    """An lm-eval LM object, built once and reused for every cell it serves."""
+    from lm_eval.api.registry import get_model
+
+    name, args = lm_spec(exp, model_path, adapter)
+    extra = {"batch_size": exp.batch_size if name == "hf" else "auto", "device": _device(exp) if name == "hf" else None}
+    try:
+        return get_model(name).create_from_arg_obj(args, extra)
+    except Exception as exc:  # noqa: BLE001 - any failure to load is the user's model, said in one line
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise IclvsftError(f"cannot load model {model_path}{' with adapter ' + adapter if adapter else ''}: {first}") from None
+
+
+def _prompt_of(sample: dict[str, Any]) -> str:
+    arguments = sample["arguments"]
+    if isinstance(arguments, dict):  # the JSON form of logged samples
+        return arguments["gen_args_0"]["arg_0"]
+    return arguments[0][0]
+
+
+def evaluate_cell(lm: Any, task_manager: Any, exp: Experiment, cell: Cell) -> tuple[dict[str, Any], list[dict]]:
+    """Run one cell through lm-eval; returns its record (without key/paths) and per-item predictions."""
+    from lm_eval import simple_evaluate
+
+    name, num_fewshot = lm_eval_task(cell.task, cell.split, cell.shots)
+    start = time.perf_counter()
+    result = simple_evaluate(
+        model=lm, tasks=[name], task_manager=task_manager, num_fewshot=num_fewshot, log_samples=True,
+        bootstrap_iters=0, random_seed=0, numpy_random_seed=1234, torch_random_seed=1234,
+        fewshot_random_seed=exp.fewshot_seed, verbosity="ERROR",
+    )
+    wall = time.perf_counter() - start
+    samples = sorted(result["samples"][name], key=lambda s: s["doc_id"])
+    predictions = [{"id": s["doc"]["id"], "answer": s["doc"]["answer"], "prediction": s["filtered_resps"][0],
+                    "raw": s["resps"][0][0], "correct": bool(s["exact_match"])} for s in samples]
+    prompt_tokens = sum(len(lm.tok_encode(_prompt_of(s))) for s in samples)
+    correct = sum(p["correct"] for p in predictions)
+    accuracy = result["results"][name]["exact_match,extract"]
+    if abs(accuracy - correct / max(len(predictions), 1)) > 1e-9:
+        raise AssertionError(f"{name}: lm-eval's accuracy {accuracy} disagrees with the per-item predictions")
+    from .stats import wilson_interval
+
+    low, high = wilson_interval(correct, len(predictions))
+    record = {"condition": cell.condition, "task": cell.task, "split": cell.split, "shots": cell.shots,
+              "ft_samples": cell.ft_samples, "draw": 0, "n": len(predictions), "correct": correct,
+              "accuracy": correct / max(len(predictions), 1), "ci_low": low, "ci_high": high,
+              "prompt_tokens": prompt_tokens, "wall_time_s": round(wall, 3), "lm_eval_task": name}
+    return record, predictions
+
+
+class CellStore:
+    """Finished cells on disk: ``cells/<key>.json`` is written last, so its presence means done."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+
+    def record_path(self, key: str) -> Path:
+        return self.out / CELLS_DIR / f"{key}.json"
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        path = self.record_path(key)
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:
+            return None  # unreadable: evaluate again
+
+    def put(self, key: str, record: dict[str, Any], predictions: list[dict]) -> dict[str, Any]:
+        rel = f"{PREDICTIONS_DIR}/{key}.jsonl"
+        with atomic_open(self.out / rel) as handle:
+            for row in predictions:
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        record = {**record, "key": key, "predictions": rel}
+        atomic_write_text(self.record_path(key), json.dumps(record, indent=1, sort_keys=True) + "\n")
+        return record
+
+
+def _trainings(exp: Experiment, model_id: dict[str, Any], out: Path) -> list[Training]:
+    if not exp.ft_samples:
+        return []
+    groups = [tuple(exp.tasks)] if exp.ft_mode == "mixture" else [(t,) for t in exp.tasks]
+    trainings = []
+    for tasks in groups:
+        config = {"model": model_id, "tasks": tasks, "seed": exp.seed, "sizes": exp.sizes, "recipe": exp.recipe,
+                  "train_shots": exp.train_shots, "samples": max(exp.ft_samples), "milestones": exp.ft_samples,
+                  "train_args": exp.train_args, "dtype": exp.dtype}
+        config_hash = _hash(config)
+        name = ("mixture" if len(tasks) > 1 else tasks[0]) + f"-{exp.recipe}-{config_hash}"
+        trainings.append(Training(name, tasks, out / FT_DIR / name, config_hash))
+    return trainings
+
+
+def _train_options(exp: Experiment, model_path: str, training: Training, extra: Sequence[str] = ()):
+    from iclvsft_train.launch import TrainOptions
+
+    passthrough = list(exp.train_args)
+    if exp.dtype in ("bfloat16", "float16") and "--dtype" not in passthrough:
+        passthrough += ["--dtype", exp.dtype]  # the weights' dtype; mixed precision stays the recipe's
+    return TrainOptions(
+        task=",".join(training.tasks), samples=max(exp.ft_samples), model=model_path,
+        output_dir=training.directory, recipe=exp.recipe, milestones=tuple(exp.ft_samples),
+        train_shots=tuple(exp.train_shots), data_seed=exp.seed, sizes=exp.sizes,
+        passthrough=tuple(passthrough) + tuple(extra),
+    )
+
+
+def _training_status(training: Training) -> str:
+    manifest = training.directory / "manifest.json"
+    if not manifest.is_file():
+        return "absent"
+    try:
+        return json.loads(manifest.read_text()).get("status", "absent")
+    except ValueError:
+        return "absent"
+
+
+def plan_training(exp: Experiment, model_path: str, training: Training) -> list[str]:
+    """Check a fine-tune's settings (iclvsft-train's own checks) and return its logging flags.
+
+    Logging at every gcd of the milestone steps makes TRL record the exact token count at each
+    milestone. Runs before any evaluation, so a bad --ft-samples fails in seconds, not hours.
+    """
+    from iclvsft_train import launch
+
+    status = _training_status(training)
+    if status == "complete":
+        return []
+    if status in ("running", "failed") and launch.complete_checkpoints(training.directory):
+        manifest = json.loads((training.directory / "manifest.json").read_text())
+        return _logging_flags(manifest)
+    if training.directory.exists() and status not in ("prepared", "absent"):
+        import shutil
+
+        shutil.rmtree(training.directory)  # interrupted before its first checkpoint: start over
+    manifest = launch.prepare(_train_options(exp, model_path, training))
+    return _logging_flags(manifest)
+
+
+def _logging_flags(manifest: dict[str, Any]) -> list[str]:
+    steps = [entry["step"] for entry in manifest["milestones"].values()]
+    return ["--logging_steps", str(math.gcd(*steps))] if steps else []
+
+
+def ensure_trained(exp: Experiment, model_path: str, training: Training, logging: list[str]) -> dict[str, Any]:
+    from iclvsft_train import launch
+
+    status = _training_status(training)
+    if status != "complete":
+        options = _train_options(exp, model_path, training, logging)
+        options.resume = status in ("running", "failed") and bool(launch.complete_checkpoints(training.directory))
+        code = launch.run(options)
+        if code != 0:
+            raise IclvsftError(f"fine-tuning {training.name} failed (trl sft exit status {code}); "
+                               f"rerun the same command to resume it")
+    return json.loads((training.directory / "manifest.json").read_text())
+
+
+def milestone_tokens(manifest: dict[str, Any], samples: int) -> int:
+    """Training tokens (non-padding) processed up to a milestone, from TRL's logged ``num_tokens``."""
+    entry = manifest["milestones"][str(samples)]
+    state = json.loads((Path(entry["path"]) / "trainer_state.json").read_text())
+    logged = [h for h in state.get("log_history", []) if "num_tokens" in h and h.get("step", 0) <= entry["step"]]
+    return int(float(logged[-1]["num_tokens"])) if logged else 0
+
+
+def _threads(exp: Experiment) -> int | None:
+    """On CPU pin torch threads deliberately (2 busy cores ran 6-30x slower with 2 threads than 1)."""
+    if _device(exp) != "cpu":
+        return None
+    import torch
+
+    if "OMP_NUM_THREADS" not in os.environ:
+        from iclvsft_train.launch import default_threads
+
+        torch.set_num_threads(default_threads())
+    return torch.get_num_threads()
+
+
+def run_compare(exp: Experiment, command: Sequence[str] = (),
+                progress: Callable[..., Any] | None = None) -> dict[str, Any]:
+    """Run (or resume) the whole comparison; returns the run's metadata (paths, choices, timing)."""
+    from ..lm_eval_glue import task_manager
+    from ..models import model_label, resolve_model
+    from . import report
+
+    started = time.perf_counter()
+    out = Path(exp.out)
+    if out.exists() and not out.is_dir():
+        raise IclvsftError(f"--out {out} exists and is not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise IclvsftError(f"cannot create --out {out}: {exc.strerror}") from None
+    if not os.access(out, os.W_OK):
+        raise IclvsftError(f"--out {out} is not writable")
+
+    model_path = resolve_model(exp.model)  # one float32 cache; lm-eval and TRL cast to exp.dtype on load
+    label = model_label(exp.model)
+    model_id = {"label": label, "path": model_path}
+    split_fps = {t: fingerprints(SplitSpec(t, seed=exp.seed, **{f"{s}_size": n for s, n in exp.sizes.items()}))
+                 for t in exp.tasks}
+    context = {"model": model_id, "seed": exp.seed, "fewshot_seed": exp.fewshot_seed, "dtype": exp.dtype,
+               "backend": exp.eval_backend, "eval_args": exp.eval_args}
+    trainings = _trainings(exp, model_id, out)
+
+    cells = [Cell("icl", t, s, k, 0) for t in exp.tasks for k in exp.shots for s in EVAL_SPLITS]
+    for training in trainings:
+        cells += [Cell("ft", t, s, 0, n, training) for t in training.tasks for n in exp.ft_samples for s in EVAL_SPLITS]
+
+    def key_of(cell: Cell) -> str:
+        return cell.key({**context, "fingerprint": split_fps[cell.task][cell.split]})
+
+    store = CellStore(out)
+    records: dict[str, dict[str, Any]] = {}
+    todo = []
+    for cell in cells:
+        found = store.get(key_of(cell))
+        if found is not None:
+            records[key_of(cell)] = found
+        else:
+            todo.append(cell)
+    logging_flags = {t.name: plan_training(exp, model_path, t) for t in trainings} if any(
+        c.condition == "ft" for c in todo) else {}
+    threads = _threads(exp)
+    tm = task_manager(seed=exp.seed, **{f"{s}_size": n for s, n in exp.sizes.items()})
+
+    from tqdm.auto import tqdm
+
+    bar = (progress or tqdm)(total=len(cells), initial=len(cells) - len(todo), desc="cells", unit="cell",
+                             file=sys.stderr)
+
+    def finish(cell: Cell, lm: Any, extra: dict[str, Any]) -> None:
+        record, predictions = evaluate_cell(lm, tm, exp, cell)
+        record.update({"model": label, "seed": exp.seed, "fingerprint": split_fps[cell.task][cell.split], **extra})
+        records[key_of(cell)] = store.put(key_of(cell), record, predictions)
+        bar.update(1)
+
+    icl_todo = [c for c in todo if c.condition == "icl"]
+    if icl_todo:
+        lm = load_lm(exp, model_path)
+        for cell in icl_todo:
+            bar.set_postfix_str(f"ICL {cell.task} k={cell.shots} {cell.split}")
+            finish(cell, lm, {"train_tokens": 0})
+        del lm
+    for training in trainings:
+        ft_todo = [c for c in todo if c.training == training]
+        if not ft_todo:
+            continue
+        bar.set_postfix_str(f"training {training.name}")
+        manifest = ensure_trained(exp, model_path, training, logging_flags.get(training.name, []))
+        for samples in exp.ft_samples:
+            milestone_cells = [c for c in ft_todo if c.ft_samples == samples]
+            if not milestone_cells:
+                continue
+            path = manifest["milestones"][str(samples)]["path"]
+            lm = load_lm(exp, model_path, adapter=path) if manifest["peft"] else load_lm(exp, path)
+            tokens = milestone_tokens(manifest, samples)
+            for cell in milestone_cells:
+                bar.set_postfix_str(f"FT {cell.task} n={samples} {cell.split}")
+                finish(cell, lm, {"train_tokens": tokens, "checkpoint": path})
+            del lm
+    bar.close()
+
+    current = sorted(records.values(), key=lambda r: r["key"])
+    meta = {
+        "model": label, "model_path": model_path, "tasks": exp.tasks, "seed": exp.seed,
+        "fewshot_seed": exp.fewshot_seed, "split_sizes": exp.sizes, "split_fingerprints": split_fps,
+        "shots": exp.shots, "ft_samples": exp.ft_samples, "recipe": exp.recipe, "ft_mode": exp.ft_mode,
+        "dtype": exp.dtype, "eval_backend": exp.eval_backend, "device": _device(exp), "torch_threads": threads,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "date": datetime.date.today().isoformat(), "command": " ".join(command),
+        "wall_time_s": round(time.perf_counter() - started, 1),
+        "fine_tunes": {t.name: str(t.directory) for t in trainings},
+    }
+    report.write_results(current, out)
+    report.write_report(current, out, meta)  # draws plots/<task>.png too
+    atomic_write_text(out / "run.json", json.dumps({"experiment": exp.to_dict(), **meta}, indent=2, default=str) + "\n")
+    meta["summary"] = report.summary_table(current)
+    return meta

@@ -1,0 +1,195 @@
+"""Selection on validation, results files, plots and the Markdown report, on synthetic cells."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from iclvsft_tasks.compare.report import (compare, plot_task, select_best, summary_table, write_report,
+                                          write_results)
+from iclvsft_tasks.compare.stats import mcnemar_exact, wilson_interval
+
+MODEL = "tiny-model"
+META = {"model": MODEL, "tasks": ["parity_pattern", "boolean_pattern"], "seed": 0,
+        "split_sizes": {"test": 40, "test_broken": 40, "validation": 20},
+        "split_fingerprints": {"parity_pattern": {"test": "aaa", "test_broken": "bbb", "validation": "ccc"}},
+        "machine": "test box", "date": "2025-01-01", "command": ["iclvsft", "compare", "--seed", "0"],
+        "wall_time_s": 12.5}
+
+
+def cell(out: Path, condition: str, task: str, split: str, knob: int, outcomes: list[bool], **extra) -> dict:
+    """One record and its predictions file (ids shared across cells of a split, as in a real run)."""
+    shots, samples = (knob, 0) if condition == "icl" else (0, knob)
+    key = f"{MODEL}/{task}/{condition}/{split}/k{shots}/n{samples}/d0"
+    rel = f"predictions/{key.replace('/', '__')}.jsonl"
+    path = out / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"id": f"{task}-{split}-{i}", "answer": "odd", "prediction": "odd" if ok else "even",
+                                        "correct": ok}) + "\n" for i, ok in enumerate(outcomes)))
+    correct, n = sum(outcomes), len(outcomes)
+    lo, hi = wilson_interval(correct, n)
+    rec = {"key": key, "condition": condition, "model": MODEL, "task": task, "split": split, "shots": shots,
+           "ft_samples": samples, "draw": 0, "seed": 0, "n": n, "correct": correct, "accuracy": correct / n,
+           "ci_low": lo, "ci_high": hi, "fingerprint": f"fp-{split}",
+           "prompt_tokens": n * (30 + 25 * shots), "train_tokens": 35 * samples, "wall_time_s": 1.0,
+           "predictions": rel}
+    rec.update(extra)
+    return rec
+
+
+def outcomes(n_right: int, n: int, first: bool = True) -> list[bool]:
+    """n_right correct answers, packed at the start (first) or the end of the split."""
+    return [i < n_right for i in range(n)] if first else [i >= n - n_right for i in range(n)]
+
+
+@pytest.fixture
+def run_dir(tmp_path) -> tuple[Path, list[dict]]:
+    """parity: k=2 best on validation but k=8 best on test; ICL wins test_broken, tie on test.
+
+    boolean: FT wins test_broken; ICL and FT even on test.
+    """
+    out, recs, t = tmp_path, [], "parity_pattern"
+    val = {0: 10, 1: 12, 2: 17, 8: 15}
+    test = {0: 20, 1: 24, 2: 30, 8: 38}
+    broken = {0: 5, 1: 10, 2: 36, 8: 30}
+    for k in val:
+        recs.append(cell(out, "icl", t, "validation", k, outcomes(val[k], 20)))
+        recs.append(cell(out, "icl", t, "test", k, outcomes(test[k], 40)))
+        recs.append(cell(out, "icl", t, "test_broken", k, outcomes(broken[k], 40)))
+    for n, (v, te, br) in {100: (11, 25, 4), 400: (16, 31, 6), 1600: (16, 35, 8)}.items():  # 400/1600 tie
+        recs.append(cell(out, "ft", t, "validation", n, outcomes(v, 20)))
+        recs.append(cell(out, "ft", t, "test", n, outcomes(te, 40)))
+        recs.append(cell(out, "ft", t, "test_broken", n, outcomes(br, 40)))
+    t = "boolean_pattern"
+    for k, (v, te, br) in {0: (12, 20, 10), 4: (15, 30, 8)}.items():
+        recs.append(cell(out, "icl", t, "validation", k, outcomes(v, 20)))
+        recs.append(cell(out, "icl", t, "test", k, outcomes(te, 40)))
+        recs.append(cell(out, "icl", t, "test_broken", k, outcomes(br, 40)))
+    for n, (v, te, br) in {100: (14, 30, 30), 400: (13, 33, 35)}.items():
+        recs.append(cell(out, "ft", t, "validation", n, outcomes(v, 20)))
+        recs.append(cell(out, "ft", t, "test", n, outcomes(te, 40, first=False)))
+        recs.append(cell(out, "ft", t, "test_broken", n, outcomes(br, 40)))
+    return out, recs
+
+
+def test_selection_uses_validation_never_test(run_dir):
+    _, recs = run_dir
+    best = select_best(recs, "icl", "parity_pattern", MODEL)
+    assert best["split"] == "validation" and best["shots"] == 2  # k=8 is best on test, k=2 on validation
+    ft = select_best(recs, "ft", "parity_pattern", MODEL)
+    assert ft["split"] == "validation" and ft["ft_samples"] == 400  # tie with 1600: the cheaper one
+    assert select_best(recs, "icl", "code_pattern", MODEL) is None
+    only_test = [r for r in recs if r["split"] != "validation"]
+    assert select_best(only_test, "icl", "parity_pattern", MODEL) is None
+
+
+def test_ties_go_to_fewer_shots(tmp_path):
+    recs = [cell(tmp_path, "icl", "parity_pattern", "validation", k, outcomes(14, 20)) for k in (8, 1, 4)]
+    assert select_best(recs, "icl", "parity_pattern", MODEL)["shots"] == 1
+
+
+def test_results_files_are_deterministic(run_dir, tmp_path):
+    _, recs = run_dir
+    shuffled = recs[:]
+    random.Random(3).shuffle(shuffled)
+    a, b = tmp_path / "a", tmp_path / "b"
+    write_results(recs, a)
+    write_results(shuffled, b)
+    for name in ("results.json", "results.csv"):
+        assert (a / name).read_bytes() == (b / name).read_bytes()
+    rows = json.loads((a / "results.json").read_text())
+    assert len(rows) == len(recs)
+    order = [(r["model"], r["task"], r["condition"], r["split"], r["shots"], r["ft_samples"]) for r in rows]
+    assert order[0] == (MODEL, "boolean_pattern", "ft", "validation", 0, 100)
+    csv_lines = (a / "results.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("key,model,task,condition,split,shots,ft_samples")
+    assert len(csv_lines) == len(recs) + 1
+    assert not list(a.glob(".*tmp"))
+
+
+def test_plot_is_a_readable_png(run_dir, tmp_path):
+    from matplotlib.image import imread
+
+    _, recs = run_dir
+    path = plot_task(recs, "parity_pattern", MODEL, tmp_path / "plots" / "parity_pattern.png")
+    image = imread(path)
+    assert image.ndim == 3 and image.shape[2] in (3, 4) and image.shape[0] > 200 and image.shape[1] > 400
+    assert image.std() > 0.01  # something was drawn
+    assert not list(path.parent.glob(".*tmp"))
+
+
+def test_compare_pairs_items_and_states_verdicts(run_dir):
+    out, recs = run_dir
+    broken = compare(recs, "parity_pattern", MODEL, "test_broken", out)
+    assert (broken.icl["shots"], broken.ft["ft_samples"]) == (2, 400)
+    assert (broken.mcnemar.b01, broken.mcnemar.b10, broken.mcnemar.n) == (30, 0, 40)
+    assert broken.winner == "icl" and broken.verdict.startswith("ICL (k*=2) beat FT (n*=400)")
+    test = compare(recs, "parity_pattern", MODEL, "test", out)
+    assert test.winner is None and test.verdict.startswith("no significant difference (p=")
+    fb = compare(recs, "boolean_pattern", MODEL, "test_broken", out)
+    assert fb.winner == "ft" and fb.verdict.startswith("FT (n*=100) beat ICL (k*=4)")
+    # The paired test is not the unpaired one: same accuracies (30/40), opposite items.
+    even = compare(recs, "boolean_pattern", MODEL, "test", out)
+    assert even.icl["correct"] == even.ft["correct"] == 30
+    assert (even.mcnemar.b01, even.mcnemar.b10) == (10, 10) and even.mcnemar.p_value == 1.0
+
+
+def test_report_has_verdicts_p_values_tokens_and_plots(run_dir):
+    out, recs = run_dir
+    path = write_report(recs, out, META)
+    text = path.read_text()
+    assert "![parity_pattern" in text and "](plots/parity_pattern.png)" in text
+    assert "](plots/boolean_pattern.png)" in text
+    assert (out / "plots" / "parity_pattern.png").stat().st_size > 1000
+    assert "ICL (k*=2) beat FT (n*=400)" in text and "FT (n*=100) beat ICL (k*=4)" in text
+    assert "no significant difference (p=" in text
+    p = mcnemar_exact(outcomes(36, 40), outcomes(6, 40)).p_value  # parity test_broken, k*=2 vs n*=400
+    assert f"p={p:.1e}" in text or f"p={p:.4f}" in text
+    assert "never on test" in text and "`iclvsft compare --seed 0`" in text and "test box" in text
+    assert "| `parity_pattern` | `aaa` | `bbb` | `ccc` |" not in text  # fingerprint columns are ordered by split
+    assert "| `parity_pattern` | `ccc` | `aaa` | `bbb` |" in text
+    # Tokens: ICL at k*=2 on test (40 items x 80), FT training tokens at n*=400 plus its 0-shot evaluation.
+    assert "| 2 | 3,200 | 400 | 14,000 | 1,200 | 15,200 |" in text
+    assert not list(out.rglob(".*tmp"))
+
+
+def test_missing_condition_and_predictions_degrade_gracefully(run_dir):
+    out, recs = run_dir
+    icl_only = [r for r in recs if not (r["task"] == "boolean_pattern" and r["condition"] == "ft")]
+    (out / icl_only[0]["predictions"]).unlink()  # a parity ICL k=0 file: never the chosen cell
+    parity_ft_file = next(r for r in recs if r["task"] == "parity_pattern" and r["condition"] == "ft"
+                          and r["split"] == "test" and r["ft_samples"] == 400)["predictions"]
+    (out / parity_ft_file).unlink()
+    meta = dict(META, tasks=["parity_pattern", "boolean_pattern", "code_pattern"])
+    text = write_report(icl_only, out, meta).read_text()
+    assert "not compared: no FT results" in text
+    assert "FT: no results for this task" in text
+    assert "not tested (predictions file" in text           # parity test: FT file gone
+    assert "ICL (k*=2) beat FT (n*=400)" in text             # parity test_broken still tested
+    assert "## `code_pattern`" in text and "No results for this task." in text
+    assert (out / "plots" / "boolean_pattern.png").is_file()
+    assert summary_table(icl_only)
+    assert summary_table([]) == "no results"
+
+
+def test_summary_table_marks_the_validation_choices(run_dir):
+    _, recs = run_dir
+    table = summary_table(recs)
+    lines = table.splitlines()
+    assert lines[0].startswith(f"model: {MODEL}")
+    assert "k=0" in lines[1] and "n=1600" in lines[1]
+    val = next(line for line in lines if line.startswith("parity_pattern") and "validation" in line)
+    assert "0.850*" in val and "0.800*" in val
+    assert len({len(line) for line in lines[1:]}) >= 1
+    print(table)
+
+
+def test_report_can_link_plots_drawn_elsewhere(run_dir, tmp_path):
+    out, recs = run_dir
+    report_dir = tmp_path / "elsewhere"
+    text = write_report(recs, report_dir, {}, base_dir=out, plots=False).read_text()
+    assert "](plots/parity_pattern.png)" in text and not (report_dir / "plots").exists()
+    assert "ICL (k*=2) beat FT (n*=400)" in text  # predictions resolved against base_dir
