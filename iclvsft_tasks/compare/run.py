@@ -106,10 +106,35 @@ def load_lm(exp: Experiment, model_path: str, adapter: str | None = None):
     name, args = lm_spec(exp, model_path, adapter)
     extra = {"batch_size": exp.batch_size if name == "hf" else "auto", "device": _device(exp) if name == "hf" else None}
     try:
+        if name == "hf" and adapter:
+            return _merged_hf_lm(exp, args, extra)
         return get_model(name).create_from_arg_obj(args, extra)
     except Exception as exc:  # noqa: BLE001 - any failure to load is the user's model, said in one line
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise IclvsftError(f"cannot load model {model_path}{' with adapter ' + adapter if adapter else ''}: {first}") from None
+
+
+def _merged_hf_lm(exp: Experiment, args: dict[str, Any], extra: dict[str, Any]):
+    """lm-eval's HF model on the base with the LoRA adapter merged in: the model of
+    ``pretrained=BASE,peft=ADAPTER``, without PEFT's per-layer detours at every decode step.
+
+    PEFT also freezes the base weights, and with a frozen (``requires_grad=False``) LM head torch
+    computes a ``[1, 1, h] @ W.T`` decode step as a batched matmul that first copies the whole
+    transposed 262k x 640 weight: 2.2 s instead of 0.3 s per 3-token answer on Gemma 3 270M
+    (measured). Under ``no_grad`` the flag costs nothing, so the merged model gets it back.
+    """
+    import torch
+    from lm_eval.models.huggingface import HFLM
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dtype = args["dtype"] if args["dtype"] == "auto" else getattr(torch, args["dtype"])
+    base = AutoModelForCausalLM.from_pretrained(args["pretrained"], dtype=dtype)
+    merged = PeftModel.from_pretrained(base, args["peft"]).merge_and_unload()
+    merged.requires_grad_(True)
+    tokenizer = AutoTokenizer.from_pretrained(args["pretrained"])
+    options = {k: v for k, v in args.items() if k not in ("pretrained", "peft", "dtype")}
+    return HFLM(pretrained=merged, tokenizer=tokenizer, **options, **{k: v for k, v in extra.items() if v is not None})
 
 
 def _prompt_of(sample: dict[str, Any]) -> str:

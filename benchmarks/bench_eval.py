@@ -1,0 +1,103 @@
+"""Evaluation speed of our lm-eval tasks against the authors' loop and the model's forward-pass limit.
+
+On the same items, model, shots, dtype and thread count, measured side by side in one process:
+  ours      lm-eval's `hf` backend (batch 1) on our registered task, as `iclvsft compare` runs it;
+  authors'  the authors' per-item loop: `model.generate(input_ids, max_new_tokens=L)`, batch 1,
+            on the very prompts lm-eval built (so both see identical token counts);
+  limit     one forward pass per prompt that computes logits only at the last position: the
+            prompt tokens/s the model can do at all.
+Targets (issue #4): ours >= 1.0x the authors' loop; ours >= 70% of the limit in prompt tokens/s.
+
+    .venv/bin/python benchmarks/bench_eval.py [--model default] [--task expression_pattern] [--shots 8]
+        [--items 100] [--dtype float32]
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch: 2 threads on 2 busy cores ran 6-30x slower
+for _key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    os.environ.setdefault(_key, "1")
+
+import argparse  # noqa: E402
+import datetime  # noqa: E402
+import platform  # noqa: E402
+import time  # noqa: E402
+
+import torch  # noqa: E402
+
+# Authors' max_new_tokens per task (their test.py); unknown tasks get ours.
+AUTHORS_NEW_TOKENS = {"expression_pattern": 3, "code_pattern": 2, "relation_pattern": 2, "boolean_pattern": 1}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--task", default="expression_pattern")
+    parser.add_argument("--shots", type=int, default=8)
+    parser.add_argument("--items", type=int, default=100)
+    parser.add_argument("--dtype", default="float32")
+    args = parser.parse_args()
+
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+
+    import iclvsft_tasks
+    from iclvsft_tasks.compare.run import lm_eval_task
+    from iclvsft_tasks.models import model_label, resolve_model
+
+    path = resolve_model(args.model)
+    lm = HFLM(pretrained=path, dtype=args.dtype, device="cpu", batch_size=1)
+    model, tokenizer = lm.model, lm.tokenizer
+    tm = iclvsft_tasks.task_manager(test_size=max(args.items, 1))
+    name, num_fewshot = lm_eval_task(args.task, "test", args.shots)
+
+    # Warm-up outside the timings (first calls allocate and compile kernels).
+    simple_evaluate(model=lm, tasks=[name], task_manager=tm, num_fewshot=num_fewshot, limit=2,
+                    bootstrap_iters=0, verbosity="ERROR")
+
+    start = time.perf_counter()
+    result = simple_evaluate(model=lm, tasks=[name], task_manager=tm, num_fewshot=num_fewshot, limit=args.items,
+                             log_samples=True, bootstrap_iters=0, verbosity="ERROR")
+    ours_s = time.perf_counter() - start
+    samples = result["samples"][name]
+    prompts = [s["arguments"][0][0] for s in samples]
+    encoded = [torch.tensor([lm.tok_encode(p)]) for p in prompts]
+    prompt_tokens = sum(e.shape[1] for e in encoded)
+    generated_ours = sum(len(lm.tok_encode(s["resps"][0][0], add_special_tokens=False)) + 1 for s in samples)
+
+    new_tokens = AUTHORS_NEW_TOKENS.get(args.task, iclvsft_tasks.get_task(args.task).max_answer_tokens)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for ids in encoded:
+            out = model.generate(ids, max_new_tokens=new_tokens, do_sample=False,
+                                 pad_token_id=tokenizer.eos_token_id)
+            tokenizer.decode(out[0, ids.shape[1]:])
+    authors_s = time.perf_counter() - start
+
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for ids in encoded:
+            model(ids, logits_to_keep=1)
+    limit_s = time.perf_counter() - start
+
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    n = len(prompts)
+    print(f"# evaluation benchmark, {datetime.date.today()}, {platform.machine()}, {os.cpu_count()} cores, "
+          f"torch threads {torch.get_num_threads()}, load average {load:.2f}")
+    print(f"\nModel {model_label(args.model)} ({args.dtype}), task {name}, {n} test items at {args.shots} shots, "
+          f"{prompt_tokens / n:.0f} prompt tokens per item; ours generated {generated_ours / n:.1f} tokens per item "
+          f"(stop at newline), the authors' loop {new_tokens}.\n")
+    print("| method | wall s | items/s | prompt tokens/s | vs authors' loop | vs forward limit |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for label, seconds in (("ours: lm-eval hf backend, batch 1", ours_s),
+                           (f"authors' loop: generate(max_new_tokens={new_tokens}), batch 1", authors_s),
+                           ("forward-pass limit: one pass, last-position logits", limit_s)):
+        print(f"| {label} | {seconds:.1f} | {n / seconds:.2f} | {prompt_tokens / seconds:.0f} | "
+              f"{authors_s / seconds:.2f}x | {limit_s / seconds:.0%} |")
+    print(f"\nexact match (ours): {result['results'][name]['exact_match,extract']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
