@@ -240,3 +240,17 @@ def test_bad_input_is_one_line_and_leaves_nothing(tiny_llama, tmp_path, make_arg
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr, proc.stderr
     assert not out.exists() or not any(out.iterdir())
     assert (tmp_path / "file").read_text() == "x"
+
+
+def test_platform_fixes_for_cpu_and_cuda(monkeypatch):
+    import importlib.util
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    cpu = launch.platform_defaults(cuda=False)
+    assert cpu["bf16"] is False and cpu["gradient_checkpointing"] is False
+    assert int(cpu["env"]["OMP_NUM_THREADS"]) >= 1
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "flash_attn" else real_find_spec(name, *a))
+    assert launch.platform_defaults(cuda=True) == {"bf16": True, "attn_implementation": "sdpa"}
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "flash_attn" else real_find_spec(name, *a))
+    assert launch.platform_defaults(cuda=True)["attn_implementation"] == "flash_attention_2"
