@@ -15,7 +15,6 @@ import pytest
 
 from iclvsft_tasks.compare import run as compare_run
 from iclvsft_tasks.compare.config import Experiment, load_experiment
-from iclvsft_tasks.errors import IclvsftError
 
 BIN = Path(sys.executable).parent
 SMALL = {"tasks": ["parity_pattern"], "shots": [0, 1, 3], "test_size": 6, "test_broken_size": 6,
@@ -191,4 +190,5 @@ def test_out_that_is_a_file_and_a_model_that_fails_to_load(tiny_llama, tmp_path)
                      "--test-size", "4", "--validation-size", "4", "--train-size", "20", "--out", str(tmp_path / "o2")],
                     timeout=300)
     lines = [line for line in proc.stderr.strip().splitlines() if line.strip() and "%" not in line]
-    assert proc.returncode == 2 and "cannot load model" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert [line for line in lines if "error:" in line] == [lines[-1]] and "cannot load model" in lines[-1]

@@ -351,6 +351,9 @@ def run_compare(exp: Experiment, command: Sequence[str] = (),
     threads = _threads(exp)
     tm = task_manager(seed=exp.seed, **{f"{s}_size": n for s, n in exp.sizes.items()})
 
+    icl_todo = [c for c in todo if c.condition == "icl"]
+    lm = load_lm(exp, model_path) if icl_todo else None  # a model that fails to load fails before any bar
+
     from tqdm.auto import tqdm
 
     bar = (progress or tqdm)(total=len(cells), initial=len(cells) - len(todo), desc="cells", unit="cell",
@@ -362,31 +365,30 @@ def run_compare(exp: Experiment, command: Sequence[str] = (),
         records[key_of(cell)] = store.put(key_of(cell), record, predictions)
         bar.update(1)
 
-    icl_todo = [c for c in todo if c.condition == "icl"]
-    if icl_todo:
-        lm = load_lm(exp, model_path)
+    try:
         for cell in icl_todo:
             bar.set_postfix_str(f"ICL {cell.task} k={cell.shots} {cell.split}")
             finish(cell, lm, {"train_tokens": 0})
         del lm
-    for training in trainings:
-        ft_todo = [c for c in todo if c.training == training]
-        if not ft_todo:
-            continue
-        bar.set_postfix_str(f"training {training.name}")
-        manifest = ensure_trained(exp, model_path, training, logging_flags.get(training.name, []))
-        for samples in exp.ft_samples:
-            milestone_cells = [c for c in ft_todo if c.ft_samples == samples]
-            if not milestone_cells:
+        for training in trainings:
+            ft_todo = [c for c in todo if c.training == training]
+            if not ft_todo:
                 continue
-            path = manifest["milestones"][str(samples)]["path"]
-            lm = load_lm(exp, model_path, adapter=path) if manifest["peft"] else load_lm(exp, path)
-            tokens = milestone_tokens(manifest, samples)
-            for cell in milestone_cells:
-                bar.set_postfix_str(f"FT {cell.task} n={samples} {cell.split}")
-                finish(cell, lm, {"train_tokens": tokens, "checkpoint": path})
-            del lm
-    bar.close()
+            bar.set_postfix_str(f"training {training.name}")
+            manifest = ensure_trained(exp, model_path, training, logging_flags.get(training.name, []))
+            for samples in exp.ft_samples:
+                milestone_cells = [c for c in ft_todo if c.ft_samples == samples]
+                if not milestone_cells:
+                    continue
+                path = manifest["milestones"][str(samples)]["path"]
+                lm = load_lm(exp, model_path, adapter=path) if manifest["peft"] else load_lm(exp, path)
+                tokens = milestone_tokens(manifest, samples)
+                for cell in milestone_cells:
+                    bar.set_postfix_str(f"FT {cell.task} n={samples} {cell.split}")
+                    finish(cell, lm, {"train_tokens": tokens, "checkpoint": path})
+                del lm
+    finally:
+        bar.close()  # ends the bar's line, so an error message starts on its own
 
     current = sorted(records.values(), key=lambda r: r["key"])
     meta = {
