@@ -23,6 +23,7 @@ for _key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
 import argparse  # noqa: E402
 import datetime  # noqa: E402
 import platform  # noqa: E402
+import statistics  # noqa: E402
 import time  # noqa: E402
 
 import torch  # noqa: E402
@@ -38,6 +39,8 @@ def main() -> None:
     parser.add_argument("--shots", type=int, default=8)
     parser.add_argument("--items", type=int, default=100)
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="alternate the three methods this many times and report medians (noisy machines)")
     args = parser.parse_args()
 
     from lm_eval import simple_evaluate
@@ -57,30 +60,37 @@ def main() -> None:
     simple_evaluate(model=lm, tasks=[name], task_manager=tm, num_fewshot=num_fewshot, limit=2,
                     bootstrap_iters=0, verbosity="ERROR")
 
-    start = time.perf_counter()
-    result = simple_evaluate(model=lm, tasks=[name], task_manager=tm, num_fewshot=num_fewshot, limit=args.items,
-                             log_samples=True, bootstrap_iters=0, verbosity="ERROR")
-    ours_s = time.perf_counter() - start
+    def run_ours():
+        return simple_evaluate(model=lm, tasks=[name], task_manager=tm, num_fewshot=num_fewshot, limit=args.items,
+                               log_samples=True, bootstrap_iters=0, verbosity="ERROR")
+
+    result = run_ours()  # also yields the prompts the other two methods reuse
     samples = result["samples"][name]
     prompts = [s["arguments"][0][0] for s in samples]
     encoded = [torch.tensor([lm.tok_encode(p)]) for p in prompts]
     prompt_tokens = sum(e.shape[1] for e in encoded)
     generated_ours = sum(len(lm.tok_encode(s["resps"][0][0], add_special_tokens=False)) + 1 for s in samples)
-
     new_tokens = AUTHORS_NEW_TOKENS.get(args.task, iclvsft_tasks.get_task(args.task).max_answer_tokens)
-    start = time.perf_counter()
-    with torch.inference_mode():
-        for ids in encoded:
-            out = model.generate(ids, max_new_tokens=new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.eos_token_id)
-            tokenizer.decode(out[0, ids.shape[1]:])
-    authors_s = time.perf_counter() - start
 
-    start = time.perf_counter()
-    with torch.inference_mode():
-        for ids in encoded:
-            model(ids, logits_to_keep=1)
-    limit_s = time.perf_counter() - start
+    def run_authors():
+        with torch.inference_mode():
+            for ids in encoded:
+                out = model.generate(ids, max_new_tokens=new_tokens, do_sample=False,
+                                     pad_token_id=tokenizer.eos_token_id)
+                tokenizer.decode(out[0, ids.shape[1]:])
+
+    def run_limit():
+        with torch.inference_mode():
+            for ids in encoded:
+                model(ids, logits_to_keep=1)
+
+    timings: dict[str, list[float]] = {"ours": [], "authors": [], "limit": []}
+    for _ in range(max(1, args.repeats)):  # alternate, so slow phases of a shared machine hit all three
+        for label, fn in (("ours", run_ours), ("authors", run_authors), ("limit", run_limit)):
+            start = time.perf_counter()
+            fn()
+            timings[label].append(time.perf_counter() - start)
+    ours_s, authors_s, limit_s = (statistics.median(timings[k]) for k in ("ours", "authors", "limit"))
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     n = len(prompts)
@@ -88,7 +98,8 @@ def main() -> None:
           f"torch threads {torch.get_num_threads()}, load average {load:.2f}")
     print(f"\nModel {model_label(args.model)} ({args.dtype}), task {name}, {n} test items at {args.shots} shots, "
           f"{prompt_tokens / n:.0f} prompt tokens per item; ours generated {generated_ours / n:.1f} tokens per item "
-          f"(stop at newline), the authors' loop {new_tokens}.\n")
+          f"(stop at newline), the authors' loop {new_tokens}. Medians of {max(1, args.repeats)} alternating runs "
+          f"(seconds: {', '.join(f'{k} {[round(t, 1) for t in v]}' for k, v in timings.items())}).\n")
     print("| method | wall s | items/s | prompt tokens/s | vs authors' loop | vs forward limit |")
     print("|---|---:|---:|---:|---:|---:|")
     for label, seconds in (("ours: lm-eval hf backend, batch 1", ours_s),
