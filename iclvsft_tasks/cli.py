@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .atomic import atomic_open, atomic_write_dir
 from .errors import IclvsftError
-from .cliutil import OneLineParser, positive_int, run_cli
+from .cliutil import OneLineParser, add_split_size_flags, positive_int, run_cli
 from .registry import TASKS, get_task, parse_task_list
 from .splits import DEFAULT_SIZES, SPLITS, SplitSpec, build_splits, draw_splits, fingerprint
 
@@ -22,15 +22,11 @@ PROG = "iclvsft"
 
 def _add_split_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="data seed (default 0)")
-    group = parser.add_argument_group("split sizes (earlier splits win duplicates, so they shape later ones)")
-    for split in SPLITS:
-        flag = "--" + split.replace("_", "-") + "-size"
-        group.add_argument(flag, type=positive_int, default=DEFAULT_SIZES[split], dest=f"{split}_size",
-                           help=f"default {DEFAULT_SIZES[split]:,}")
+    add_split_size_flags(parser, DEFAULT_SIZES, "earlier splits win duplicates, so they shape later ones")
 
 
 def _spec(args: argparse.Namespace, task: str) -> SplitSpec:
-    return SplitSpec(task, seed=args.seed, **{f"{s}_size": getattr(args, f"{s}_size") for s in SPLITS})
+    return SplitSpec.from_sizes(task, args.seed, {s: getattr(args, f"{s}_size") for s in SPLITS})
 
 
 def _progress_bar(total: int, desc: str):
@@ -177,8 +173,7 @@ def build_parser() -> OneLineParser:
     cmp_.add_argument("--recipe", help="iclvsft-train recipe: lora (default), full, paper")
     cmp_.add_argument("--ft-mode", choices=("per-task", "mixture"), help="one fine-tune per task (default) or one on the mixture")
     cmp_.add_argument("--train-shots", help="k-shot prompts mixed into fine-tuning data (default 0)")
-    for split in ("test", "test-broken", "validation", "train"):
-        cmp_.add_argument(f"--{split}-size", type=positive_int, dest=f"{split.replace('-', '_')}_size")
+    add_split_size_flags(cmp_, None, "default: the experiment's")
     cmp_.add_argument("--seed", type=int, help="data seed (default 0)")
     cmp_.add_argument("--out", help="output folder (default runs/compare)")
     cmp_.add_argument("--dtype", choices=("float32", "bfloat16", "float16", "auto"))

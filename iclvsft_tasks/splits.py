@@ -59,6 +59,11 @@ class SplitSpec:
             if not 0 <= size <= MAX_SPLIT_SIZE:
                 raise IclvsftError(f"{split} size must be between 0 and {MAX_SPLIT_SIZE:,}, got {size:,}")
 
+    @classmethod
+    def from_sizes(cls, task: str, seed: int = 0, sizes: dict[str, int] | None = None) -> SplitSpec:
+        """A spec from ``{split: size}`` (missing splits keep their defaults)."""
+        return cls(task, seed=seed, **{f"{split}_size": n for split, n in (sizes or {}).items()})
+
     def size(self, split: str) -> int:
         if split not in SPLITS:
             raise IclvsftError(f"unknown split {split!r}; splits are: {', '.join(SPLITS)}")

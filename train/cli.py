@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from iclvsft_tasks.cliutil import OneLineParser, positive_int, run_cli
+from iclvsft_tasks.cliutil import OneLineParser, add_split_size_flags, run_cli
 from iclvsft_tasks.splits import DEFAULT_SIZES, SPLITS
 
 from .launch import TrainOptions, parse_int_list, recipe_names, run
@@ -36,10 +36,7 @@ def build_parser() -> OneLineParser:
     parser.add_argument("--data-seed", type=int, default=0, help="seed of the task splits (default 0)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
     parser.add_argument("--dry-run", action="store_true", help="prepare the run and print the trl command only")
-    sizes = parser.add_argument_group("split sizes (must match the evaluation's to guarantee no overlap)")
-    for split in SPLITS:
-        sizes.add_argument("--" + split.replace("_", "-") + "-size", type=positive_int, dest=f"{split}_size",
-                           default=DEFAULT_SIZES[split], help=f"default {DEFAULT_SIZES[split]:,}")
+    add_split_size_flags(parser, DEFAULT_SIZES, "must match the evaluation's to guarantee no overlap")
     return parser
 
 

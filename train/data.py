@@ -64,7 +64,7 @@ class DataOptions:
         return options
 
     def spec(self, task: str) -> SplitSpec:
-        return SplitSpec(task, seed=self.seed, **{f"{s}_size": n for s, n in self.sizes})
+        return SplitSpec.from_sizes(task, self.seed, dict(self.sizes))
 
     def per_task(self) -> dict[str, int]:
         """Samples per task: as even as possible, earlier tasks take the remainder."""

@@ -33,6 +33,7 @@ from typing import Any
 import yaml
 
 from iclvsft_tasks.atomic import atomic_open, atomic_write_text
+from iclvsft_tasks.cliutil import default_threads
 from iclvsft_tasks.errors import IclvsftError
 
 from .data import DataOptions, build_records, split_fingerprints, write_records
@@ -75,15 +76,6 @@ def load_recipe(name: str) -> dict[str, Any]:
     if not path.is_file():
         raise IclvsftError(f"unknown recipe {name!r}; recipes: {', '.join(recipe_names())}")
     return load_yaml_mapping(path, "recipe")
-
-
-def default_threads() -> int:
-    """Torch threads for CPU training: one core left for the data loader and the OS.
-
-    Measured on 2 busy cores: 2 threads ran 6x slower than 1 (oversubscription).
-    """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores - 1)
 
 
 def platform_defaults(cuda: bool | None = None) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_open, atomic_write_text
+from ..cliutil import default_threads
 from ..errors import IclvsftError
 from ..lm_eval_configs import SHOTS, variant_name
 from ..splits import SplitSpec, fingerprints
@@ -297,8 +298,6 @@ def _threads(exp: Experiment) -> int | None:
     import torch
 
     if "OMP_NUM_THREADS" not in os.environ:
-        from iclvsft_train.launch import default_threads
-
         torch.set_num_threads(default_threads())
     return torch.get_num_threads()
 
@@ -324,8 +323,7 @@ def run_compare(exp: Experiment, command: Sequence[str] = (),
     model_path = resolve_model(exp.model)  # one float32 cache; lm-eval and TRL cast to exp.dtype on load
     label = model_label(exp.model)
     model_id = {"label": label, "path": model_path}
-    split_fps = {t: fingerprints(SplitSpec(t, seed=exp.seed, **{f"{s}_size": n for s, n in exp.sizes.items()}))
-                 for t in exp.tasks}
+    split_fps = {t: fingerprints(SplitSpec.from_sizes(t, exp.seed, exp.sizes)) for t in exp.tasks}
     context = {"model": model_id, "seed": exp.seed, "fewshot_seed": exp.fewshot_seed, "dtype": exp.dtype,
                "backend": exp.eval_backend, "eval_args": exp.eval_args}
     trainings = _trainings(exp, model_id, out)
