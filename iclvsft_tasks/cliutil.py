@@ -53,6 +53,17 @@ def add_split_size_flags(parser: argparse.ArgumentParser, defaults: dict[str, in
                            dest=f"{split}_size", help=f"default {default:,}" if default else None)
 
 
+def parse_int_list(text: str, what: str, allow_empty: bool = False) -> list[int]:
+    """``"0,1,4"`` -> ``[0, 1, 4]`` (order kept), or one clear error naming ``what``."""
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise IclvsftError(f"{what} must be comma-separated integers, got {text!r}") from None
+    if not values and not allow_empty:
+        raise IclvsftError(f"{what} is empty")
+    return values
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)

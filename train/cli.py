@@ -12,10 +12,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from iclvsft_tasks.cliutil import OneLineParser, add_split_size_flags, run_cli
+from iclvsft_tasks.cliutil import OneLineParser, add_split_size_flags, parse_int_list, run_cli
 from iclvsft_tasks.splits import DEFAULT_SIZES, SPLITS
 
-from .launch import TrainOptions, parse_int_list, recipe_names, run
+from .launch import TrainOptions, recipe_names, run
 from .merge import merge_adapter
 
 PROG = "iclvsft-train"

@@ -254,16 +254,6 @@ def plan_schedule(samples: int, epochs: float, per_device: int, accumulation: in
     return Schedule(batch, max_steps, steps, save_steps)
 
 
-def parse_int_list(text: str, what: str) -> list[int]:
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise IclvsftError(f"{what} must be comma-separated integers, got {text!r}") from None
-    if not values:
-        raise IclvsftError(f"{what} is empty")
-    return values
-
-
 # --- the run -------------------------------------------------------------------------------------
 
 @dataclasses.dataclass

@@ -8,6 +8,7 @@ from typing import Any
 
 import yaml
 
+from ..cliutil import parse_int_list
 from ..errors import IclvsftError
 from ..registry import parse_task_list
 from ..splits import MAX_SPLIT_SIZE
@@ -89,7 +90,7 @@ class Experiment:
 
 def _int_list(name: str, value: Any, minimum: int, allow_empty: bool = False) -> list[int]:
     if isinstance(value, str):
-        parts = [p.strip() for p in value.split(",") if p.strip()]
+        parts = parse_int_list(value, name, allow_empty=True)
     elif isinstance(value, (list, tuple)):
         parts = list(value)
     elif isinstance(value, int) and not isinstance(value, bool):
