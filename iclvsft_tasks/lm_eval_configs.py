@@ -56,6 +56,8 @@ def _common_base() -> str:
     return _HEADER + f"""custom_dataset: !function iclvsft_tasks.lm_eval_glue.load_splits
 test_split: test
 fewshot_split: train
+fewshot_config:
+  sampler: !function iclvsft_tasks.demos.DemoSampler
 output_type: generate_until
 description: description
 doc_to_text: query

@@ -5,6 +5,8 @@ Every task YAML says ``custom_dataset: !function iclvsft_tasks.lm_eval_glue.load
 holds the YAML's ``metadata``, every ``--model_args`` entry and every ``--metadata`` entry. Our
 settings there carry the ``iclvsft_`` prefix (``iclvsft_seed=1``, ``iclvsft_test_size=100``) so
 they cannot clash with a model's own ``seed``; any other key is not ours and is ignored.
+``iclvsft_demos`` (``per-item`` | ``fixed``) and ``iclvsft_draw`` choose the demonstrations
+(see ``demos.py``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import importlib.util
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .demos import DEFAULT_DEMOS, DRAW_FIELD, check_draw, check_mode, demo_order
 from .errors import IclvsftError
 from .prompts import lm_eval_doc
 from .splits import SPLITS, SplitSpec, build_splits
@@ -28,6 +31,8 @@ METADATA_KEYS: dict[str, str] = {
     f"{PREFIX}seed": "seed",
     **{f"{PREFIX}{split}_size": f"{split}_size" for split in SPLITS},
 }
+#: ``--metadata`` keys that choose the demonstrations (not part of the SplitSpec).
+DEMO_KEYS: dict[str, str] = {f"{PREFIX}demos": "demos", f"{PREFIX}draw": "draw"}
 _DATASET_KEY = f"{PREFIX}task"
 
 
@@ -53,11 +58,24 @@ def _as_int(key: str, value: Any) -> int:
 
 def spec_from_metadata(task: str, metadata: dict[str, Any]) -> SplitSpec:
     """The SplitSpec that lm-eval metadata asks for (unprefixed keys are someone else's)."""
-    unknown = sorted(k for k in metadata if k.startswith(PREFIX) and k not in METADATA_KEYS and k != _DATASET_KEY)
+    known = {*METADATA_KEYS, *DEMO_KEYS, _DATASET_KEY}
+    unknown = sorted(k for k in metadata if k.startswith(PREFIX) and k not in known)
     if unknown:
-        raise IclvsftError(f"unknown iclvsft metadata {', '.join(unknown)}; known: {', '.join(METADATA_KEYS)}")
+        raise IclvsftError(f"unknown iclvsft metadata {', '.join(unknown)}; known: {', '.join([*METADATA_KEYS, *DEMO_KEYS])}")
     fields = {METADATA_KEYS[k]: _as_int(k, v) for k, v in metadata.items() if k in METADATA_KEYS}
     return SplitSpec(task, **fields)
+
+
+def demos_from_metadata(metadata: dict[str, Any]) -> tuple[str, int]:
+    """(mode, draw) from lm-eval metadata; a draw without ``iclvsft_demos: fixed`` is an error."""
+    mode = check_mode(str(metadata.get(f"{PREFIX}demos", DEFAULT_DEMOS)))
+    draw_key = f"{PREFIX}draw"
+    if draw_key not in metadata:
+        return mode, 1
+    draw = check_draw(_as_int(draw_key, metadata[draw_key]), draw_key)
+    if mode != "fixed":
+        raise IclvsftError(f"{draw_key} needs {PREFIX}demos=fixed (per-item demonstrations have no draws)")
+    return mode, draw
 
 
 def load_splits(**kwargs: Any) -> datasets.DatasetDict:
@@ -66,33 +84,43 @@ def load_splits(**kwargs: Any) -> datasets.DatasetDict:
         task = kwargs.pop(_DATASET_KEY)
     except KeyError:
         raise IclvsftError(f"the task YAML must set dataset_kwargs.{_DATASET_KEY}") from None
-    return dataset_dict(spec_from_metadata(task, kwargs))
+    mode, draw = demos_from_metadata(kwargs)
+    return dataset_dict(spec_from_metadata(task, kwargs), draw if mode == "fixed" else None)
 
 
 @functools.lru_cache(maxsize=32)
-def dataset_dict(spec: SplitSpec) -> datasets.DatasetDict:
-    """Splits as a ``datasets.DatasetDict``, cached so a group of variants builds each task once."""
+def dataset_dict(spec: SplitSpec, fixed_draw: int | None = None) -> datasets.DatasetDict:
+    """Splits as a ``datasets.DatasetDict``, cached so a group of variants builds each task once.
+
+    With ``fixed_draw``, ``train`` comes in that draw's order and marked with its number, which
+    makes ``demos.DemoSampler`` show its first k items to every query.
+    """
     import datasets
 
-    return datasets.DatasetDict(
-        {
-            split: datasets.Dataset.from_list([lm_eval_doc(item) for item in items])
-            for split, items in build_splits(spec).items()
-            if items  # lm-eval reads the first document of a split; leave empty ones out
-        }
-    )
+    splits = {}
+    for split, items in build_splits(spec).items():
+        if not items:
+            continue  # lm-eval reads the first document of a split; leave empty ones out
+        docs = [lm_eval_doc(item) for item in items]
+        if split == "train" and fixed_draw is not None:
+            docs = [{**docs[i], DRAW_FIELD: fixed_draw} for i in demo_order(spec, fixed_draw)]
+        splits[split] = datasets.Dataset.from_list(docs)
+    return datasets.DatasetDict(splits)
 
 
-def metadata_for(**settings: int | None) -> dict[str, int]:
-    """Prefixed lm-eval metadata, e.g. ``metadata_for(seed=1, test_size=100)``; None keeps a default."""
-    metadata = {}
+def metadata_for(**settings: int | str | None) -> dict[str, int | str]:
+    """Prefixed lm-eval metadata, e.g. ``metadata_for(seed=1, test_size=100, demos="fixed", draw=2)``;
+    None keeps a default."""
+    metadata: dict[str, int | str] = {}
     for key, value in settings.items():
         prefixed = f"{PREFIX}{key}"
-        if prefixed not in METADATA_KEYS:
-            known = ", ".join(k.removeprefix(PREFIX) for k in METADATA_KEYS)
+        if prefixed not in METADATA_KEYS and prefixed not in DEMO_KEYS:
+            known = ", ".join(k.removeprefix(PREFIX) for k in [*METADATA_KEYS, *DEMO_KEYS])
             raise IclvsftError(f"unknown setting {key!r}; known: {known}")
-        if value is not None:
-            metadata[prefixed] = _as_int(prefixed, value)
+        if value is None:
+            continue
+        metadata[prefixed] = check_mode(str(value)) if key == "demos" else _as_int(prefixed, value)
+    demos_from_metadata(metadata)  # a draw without fixed demonstrations fails here, not in lm-eval
     return metadata
 
 
@@ -101,12 +129,12 @@ def task_manager(
     include_defaults: bool = False,
     include_path: str | list[str] | None = None,
     metadata: dict[str, Any] | None = None,
-    **settings: int | None,
+    **settings: int | str | None,
 ) -> TaskManager:
     """An lm-eval TaskManager that knows our tasks, for ``lm_eval.simple_evaluate``.
 
-    ``settings`` are ``seed`` and the split sizes (``test_size``, ``test_broken_size``,
-    ``validation_size``, ``train_size``). ``include_defaults=False`` skips indexing lm-eval's ~15k
+    ``settings`` are ``seed``, the split sizes (``test_size``, ``test_broken_size``,
+    ``validation_size``, ``train_size``) and the demonstrations (``demos``, ``draw``). ``include_defaults=False`` skips indexing lm-eval's ~15k
     built-in tasks (about 7 s).
     """
     from lm_eval.tasks import TaskManager

@@ -21,3 +21,8 @@ def derive_seed(*parts: object) -> int:
 def rng_for(task: str, split: str, seed: int) -> random.Random:
     """The generator that draws the items of one split of one task."""
     return random.Random(derive_seed("iclvsft", task, split, seed))
+
+
+def demo_rng(task: str, seed: int, draw: int) -> random.Random:
+    """The generator that orders the train split into draw ``draw``'s fixed demonstrations."""
+    return random.Random(derive_seed("iclvsft", task, "demos", seed, draw))
