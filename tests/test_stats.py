@@ -6,7 +6,13 @@ import random
 
 import pytest
 
-from iclvsft_tasks.compare.stats import McNemarResult, mcnemar_exact, mcnemar_exact_p, wilson_interval
+from iclvsft_tasks.compare.stats import (
+    McNemarResult,
+    mcnemar_exact,
+    mcnemar_exact_p,
+    paired_sign_flip,
+    wilson_interval,
+)
 
 scipy_stats = pytest.importorskip("scipy.stats")
 
@@ -65,3 +71,39 @@ def test_mcnemar_exact_counts_the_discordant_pairs():
 def test_mcnemar_exact_refuses_unpaired_inputs():
     with pytest.raises(ValueError, match="same items"):
         mcnemar_exact([True, False], [True])
+
+
+def test_sign_flip_with_one_repeat_is_exact_mcnemar():
+    import random
+
+    rng = random.Random(3)
+    for _ in range(40):
+        n = rng.randint(0, 60)
+        a = [rng.random() < 0.6 for _ in range(n)]
+        b = [rng.random() < 0.4 for _ in range(n)]
+        flip = paired_sign_flip([float(x) for x in a], [float(x) for x in b])
+        mc = mcnemar_exact(a, b)
+        assert (flip.b01, flip.b10, flip.n) == (mc.b01, mc.b10, mc.n)
+        assert flip.p_value == pytest.approx(mc.p_value, rel=1e-12)
+
+
+def test_sign_flip_on_mean_scores_matches_brute_force_enumeration():
+    import itertools
+
+    a = [1.0, 2 / 3, 1 / 3, 1.0, 0.0, 2 / 3, 1.0]
+    b = [0.0, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0]
+    res = paired_sign_flip(a, b, resolution=3)
+    d = [round(3 * (x - y)) for x, y in zip(a, b)]
+    nonzero = [abs(v) for v in d if v]
+    observed = abs(sum(d))
+    sums = [sum(s * v for s, v in zip(signs, nonzero)) for signs in itertools.product((1, -1), repeat=len(nonzero))]
+    assert res.p_value == pytest.approx(sum(abs(s) >= observed for s in sums) / len(sums), rel=1e-12)
+    assert (res.b01, res.b10, res.n) == (4, 2, 7)
+    assert "sign-flip" in res.method
+
+
+def test_sign_flip_refuses_scores_off_the_grid():
+    with pytest.raises(ValueError, match="multiples of 1/3"):
+        paired_sign_flip([0.5], [0.0], resolution=3)
+    with pytest.raises(ValueError, match="same items"):
+        paired_sign_flip([1.0], [])

@@ -4,6 +4,12 @@ A *record* is one evaluated cell (condition, model, task, split, shots or fine-t
 as a plain dict; see ``iclvsft compare``. The choice of k (shots) and n (fine-tuning samples) is
 made on the ``validation`` split only, and ``test`` / ``test_broken`` are then read for that one
 choice: picking the best test cell would report the maximum of noisy estimates, biased upwards.
+
+With fixed demonstration sets, every ICL setting has R cells (draws 1..R). The report works on
+their aggregate (:func:`aggregate_draws`): the mean accuracy over draws, the item CI (the mean of
+the draws' Wilson bounds: the uncertainty from the choice of test items) and the between-draw
+spread (the uncertainty from the choice of demonstrations), and pairs items on their mean
+correctness over draws.
 """
 
 from __future__ import annotations
@@ -11,16 +17,18 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import re
 import shlex
+import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_open, atomic_write_text
-from .stats import McNemarResult, mcnemar_exact, wilson_interval
+from .stats import McNemarResult, paired_sign_flip, wilson_interval
 
 Record = dict[str, Any]
 
@@ -56,6 +64,54 @@ def sort_records(records: Iterable[Mapping[str, Any]]) -> list[Record]:
     return [dict(r) for r in sorted(records, key=_sort_key)]
 
 
+#: What identifies one setting of one condition; the draws of a setting share all of these.
+_SETTING_FIELDS = ("model", "task", "condition", "split", "shots", "ft_samples", "seed")
+
+
+def aggregate_draws(records: Iterable[Mapping[str, Any]]) -> list[Record]:
+    """One record per setting: the draws of a fixed-demonstration setting become one aggregate.
+
+    The aggregate has the mean ``accuracy`` and ``correct`` over draws, ``ci_low``/``ci_high`` the
+    mean of the draws' Wilson bounds (item uncertainty), ``draws``, ``draw_accuracies``,
+    ``draw_min``/``draw_max``/``draw_sd`` (between-draw spread), ``predictions`` as the list of the
+    draws' files, and the mean ``prompt_tokens`` and ``wall_time_s``. A setting with one cell is
+    returned as it is, so the function is idempotent.
+    """
+    groups: dict[tuple, list[Mapping[str, Any]]] = {}
+    for rec in records:
+        groups.setdefault(tuple(rec.get(f) for f in _SETTING_FIELDS), []).append(rec)
+    out = []
+    for cells in groups.values():
+        if len(cells) == 1:
+            out.append(dict(cells[0]))
+            continue
+        cells = sorted(cells, key=_sort_key)
+        accuracies = [float(c["accuracy"]) for c in cells]
+        bounds = [_ci(c) for c in cells]
+        agg = dict(cells[0])
+        agg.update({
+            "key": "+".join(str(c.get("key", "")) for c in cells),
+            "draw": 0,
+            "draws": [int(c.get("draw", 0)) for c in cells],
+            "accuracy": statistics.fmean(accuracies),
+            "correct": statistics.fmean(float(c["correct"]) for c in cells),
+            "ci_low": statistics.fmean(lo for lo, _ in bounds),
+            "ci_high": statistics.fmean(hi for _, hi in bounds),
+            "draw_accuracies": accuracies,
+            "draw_min": min(accuracies),
+            "draw_max": max(accuracies),
+            "draw_sd": statistics.stdev(accuracies),
+            "predictions": [c.get("predictions") for c in cells],
+        })
+        for field in ("prompt_tokens", "wall_time_s"):
+            if all(c.get(field) is not None for c in cells):
+                agg[field] = round(statistics.fmean(float(c[field]) for c in cells), 3)
+        if agg.get("prompt_tokens") is not None:
+            agg["prompt_tokens"] = round(agg["prompt_tokens"])
+        out.append(agg)
+    return sort_records(out)
+
+
 def _setting(rec: Mapping[str, Any]) -> int:
     """The knob of a cell: k for ICL, n for FT."""
     return int(rec["shots"]) if rec.get("condition") == "icl" else int(rec["ft_samples"])
@@ -67,7 +123,7 @@ def select_best(records: Iterable[Mapping[str, Any]], condition: str, task: str,
     Ties go to fewer shots / fewer fine-tuning samples (the cheaper configuration), then to the
     lower draw. Test cells are never looked at.
     """
-    candidates = [r for r in records if r.get("condition") == condition and r.get("task") == task
+    candidates = [r for r in aggregate_draws(records) if r.get("condition") == condition and r.get("task") == task
                   and r.get("model") == model and r.get("split") == "validation"]
     if not candidates:
         return None
@@ -79,7 +135,7 @@ def select_best(records: Iterable[Mapping[str, Any]], condition: str, task: str,
 def find_cell(records: Iterable[Mapping[str, Any]], chosen: Mapping[str, Any], split: str) -> Record | None:
     """The cell of ``split`` with the same configuration as ``chosen`` (condition, model, task, k, n, draw, seed)."""
     fields = ("condition", "model", "task", "shots", "ft_samples", "draw", "seed")
-    for rec in sorted(records, key=_sort_key):
+    for rec in aggregate_draws(records):
         if rec.get("split") == split and all(rec.get(f) == chosen.get(f) for f in fields):
             return dict(rec)
     return None
@@ -122,6 +178,8 @@ class _Point:
     accuracy: float
     low: float
     high: float
+    draw_min: float | None = None  # between-draw spread, when the setting has several draws
+    draw_max: float | None = None
 
 
 def _ci(rec: Mapping[str, Any]) -> tuple[float, float]:
@@ -131,17 +189,20 @@ def _ci(rec: Mapping[str, Any]) -> tuple[float, float]:
 
 
 def _curve(records: Iterable[Mapping[str, Any]], condition: str, task: str, model: str, split: str) -> list[_Point]:
-    """Accuracy per k (or n); several draws/seeds of one setting give their mean and the CI envelope."""
+    """Accuracy per k (or n): the mean over draws, the item CI, and the draws' range."""
     groups: dict[int, list[Mapping[str, Any]]] = {}
-    for r in records:
+    for r in aggregate_draws(records):
         if (r.get("condition"), r.get("task"), r.get("model"), r.get("split")) == (condition, task, model, split):
             groups.setdefault(_setting(r), []).append(r)
     points = []
     for x in sorted(groups):
-        cells = groups[x]
+        cells = groups[x]  # several only with several seeds: their mean and the CI envelope
         cis = [_ci(c) for c in cells]
+        lows = [c["draw_min"] for c in cells if c.get("draw_min") is not None]
+        highs = [c["draw_max"] for c in cells if c.get("draw_max") is not None]
         points.append(_Point(x, sum(float(c["accuracy"]) for c in cells) / len(cells),
-                             min(lo for lo, _ in cis), max(hi for _, hi in cis)))
+                             min(lo for lo, _ in cis), max(hi for _, hi in cis),
+                             min(lows) if lows else None, max(highs) if highs else None))
     return points
 
 
@@ -178,6 +239,11 @@ def plot_task(records: Iterable[Mapping[str, Any]], task: str, model: str,
                             linewidth=0)
             ax.plot(x, [p.accuracy for p in pts], linestyle=style, color=colour, alpha=alpha, marker="o",
                     markersize=4, label=label)
+            spread = [p for p in pts if p.draw_min is not None]
+            if spread:  # the range over demonstration draws, next to the item CI band
+                ax.errorbar([p.x for p in spread], [p.accuracy for p in spread],
+                            yerr=[[p.accuracy - p.draw_min for p in spread], [p.draw_max - p.accuracy for p in spread]],
+                            fmt="none", ecolor=colour, alpha=0.7 * alpha, capsize=3, linewidth=1)
         best = chosen[condition]
         if best is not None:
             symbol = "k" if condition == "icl" else "n"
@@ -194,6 +260,8 @@ def plot_task(records: Iterable[Mapping[str, Any]], task: str, model: str,
                 thresh = 1 if condition == "icl" else min([v for v in xs if v > 0] or [1])
                 ax.set_xscale("symlog", base=2 if condition == "icl" else 10, linthresh=thresh)
             else:
+                if len(xs) == 1:  # one milestone: give the log axis a width of its own
+                    ax.set_xlim(min(xs) / 2, min(xs) * 2)
                 ax.set_xscale("log")
             ax.xaxis.set_major_locator(FixedLocator(sorted(xs)))
             ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:,.0f}"))
@@ -205,7 +273,8 @@ def plot_task(records: Iterable[Mapping[str, Any]], task: str, model: str,
         ax.grid(True, alpha=0.3)
     ax_icl.set_xlabel("demonstrations k (in-context learning)")
     ax_ft.set_xlabel("training samples n (fine-tuning, log scale)")
-    ax_icl.set_ylabel("exact-match accuracy (95% Wilson CI)")
+    ax_icl.set_ylabel("exact-match accuracy (95% Wilson CI;\nbars: range over demonstration draws)"
+                      if any(r.get("draws") for r in aggregate_draws(records)) else "exact-match accuracy (95% Wilson CI)")
     ax_icl.set_ylim(0, 1)
     ax_icl.set_title("ICL")
     ax_ft.set_title("FT")
@@ -247,9 +316,9 @@ class Comparison:
     @property
     def winner(self) -> str | None:
         """Which side won: "icl", "ft", or None (no significant difference, or not tested)."""
-        if self.mcnemar is None or self.mcnemar.p_value >= ALPHA or self.mcnemar.b01 == self.mcnemar.b10:
+        if self.mcnemar is None or self.mcnemar.p_value >= ALPHA or self.mcnemar.direction == 0:
             return None
-        return "icl" if self.mcnemar.b01 > self.mcnemar.b10 else "ft"
+        return "icl" if self.mcnemar.direction > 0 else "ft"
 
 
 def _read_predictions(path: Path) -> dict[str, bool]:
@@ -276,19 +345,35 @@ def _predictions_path(rec: Mapping[str, Any], base_dir: Path) -> Path | None:
 
 def paired_test(icl_cell: Mapping[str, Any], ft_cell: Mapping[str, Any],
                 base_dir: str | os.PathLike[str]) -> tuple[McNemarResult | None, str]:
-    """McNemar on the two cells' prediction files, paired by item id; (None, reason) when impossible."""
-    outcomes = []
+    """Paired test on the two cells' prediction files, paired by item id; (None, reason) when impossible.
+
+    One file per cell: the exact McNemar test. A cell aggregated over R draws scores each item by
+    its fraction of correct draws, and the test is McNemar's generalization, the exact paired
+    sign-flip test (``stats.paired_sign_flip``).
+    """
+    scores: list[dict[str, float]] = []
+    repeats: list[int] = []
     for cell in (icl_cell, ft_cell):
-        path = _predictions_path(cell, Path(base_dir))
-        if path is None:
-            return None, f"{CONDITION_NAMES[cell['condition']]} cell has no predictions file"
-        try:
-            outcomes.append(_read_predictions(path))
-        except FileNotFoundError:
-            return None, f"predictions file {cell['predictions']} is missing"
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            return None, f"cannot read predictions {cell['predictions']}: {exc}"
-    icl_out, ft_out = outcomes
+        rels = cell.get("predictions")
+        rels = rels if isinstance(rels, list) else [rels]
+        per_item: dict[str, float] = {}
+        for rel in rels:
+            path = _predictions_path({"predictions": rel}, Path(base_dir))
+            if path is None:
+                return None, f"{CONDITION_NAMES[cell['condition']]} cell has no predictions file"
+            try:
+                outcome = _read_predictions(path)
+            except FileNotFoundError:
+                return None, f"predictions file {rel} is missing"
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                return None, f"cannot read predictions {rel}: {exc}"
+            if per_item and set(outcome) != set(per_item):
+                return None, f"the draws of the {CONDITION_NAMES[cell['condition']]} cell hold different items"
+            for item, correct in outcome.items():
+                per_item[item] = per_item.get(item, 0.0) + float(correct) / len(rels)
+        scores.append(per_item)
+        repeats.append(len(rels))
+    icl_out, ft_out = scores
     shared = [i for i in icl_out if i in ft_out]  # ICL's order: deterministic
     if not shared:
         return None, "the two cells share no items"
@@ -296,7 +381,8 @@ def paired_test(icl_cell: Mapping[str, Any], ft_cell: Mapping[str, Any],
     if len(shared) != len(icl_out) or len(shared) != len(ft_out):
         # Should not happen (same split, same fingerprint); say so rather than test silently.
         note = (f"paired on the {len(shared)} shared items (ICL {len(icl_out)}, FT {len(ft_out)} items)")
-    return mcnemar_exact([icl_out[i] for i in shared], [ft_out[i] for i in shared]), note
+    resolution = math.lcm(*repeats)
+    return paired_sign_flip([icl_out[i] for i in shared], [ft_out[i] for i in shared], resolution), note
 
 
 def format_p(p: float) -> str:
@@ -310,7 +396,7 @@ def compare(records: Iterable[Mapping[str, Any]], task: str, model: str, split: 
 
     Prediction paths in the records are resolved against ``base_dir`` (the run's output folder).
     """
-    records = list(records)
+    records = aggregate_draws(records)
     icl_choice = select_best(records, "icl", task, model)
     ft_choice = select_best(records, "ft", task, model)
     icl = find_cell(records, icl_choice, split) if icl_choice else None
@@ -333,9 +419,9 @@ def compare(records: Iterable[Mapping[str, Any]], task: str, model: str, split: 
     k, n = _setting(icl_choice), _setting(ft_choice)
     if test is None:
         return result(f"not tested ({note})", note)
-    if test.p_value < ALPHA and test.b01 > test.b10:
+    if test.p_value < ALPHA and test.direction > 0:
         verdict = f"ICL (k*={k}) beat FT (n*={n}), p={format_p(test.p_value)}"
-    elif test.p_value < ALPHA and test.b10 > test.b01:
+    elif test.p_value < ALPHA and test.direction < 0:
         verdict = f"FT (n*={n}) beat ICL (k*={k}), p={format_p(test.p_value)}"
     else:
         verdict = f"no significant difference (p={format_p(test.p_value)})"
@@ -354,7 +440,14 @@ def _acc_ci(rec: Mapping[str, Any] | None) -> str:
     if rec is None:
         return "–"
     lo, hi = _ci(rec)
+    if rec.get("draws"):
+        return (f"{float(rec['accuracy']):.3f} [{lo:.3f}, {hi:.3f}] (mean of {len(rec['draws'])} draws, "
+                f"range {float(rec['draw_min']):.3f}–{float(rec['draw_max']):.3f}, n={int(rec['n'])})")
     return f"{float(rec['accuracy']):.3f} [{lo:.3f}, {hi:.3f}] ({int(rec['correct'])}/{int(rec['n'])})"
+
+
+def _only(side: str, test: McNemarResult) -> str:
+    return f"only {side} got right" if test.method == "exact McNemar" else f"{side} scored higher on"
 
 
 def _tokens(value: Any) -> str:
@@ -431,7 +524,7 @@ def write_report(records: Iterable[Mapping[str, Any]], out_dir: str | os.PathLik
     ``plots=False`` the images are linked but not drawn (the caller has written them with
     :func:`plot_task` at :func:`plot_filename`).
     """
-    records = [dict(r) for r in records]
+    records = aggregate_draws(records)
     out = Path(out_dir)
     base = Path(base_dir) if base_dir is not None else out
     meta_tasks = meta.get("tasks") or []
@@ -445,16 +538,19 @@ def write_report(records: Iterable[Mapping[str, Any]], out_dir: str | os.PathLik
 
     lines = [f"# ICL vs fine-tuning: {', '.join(models) or 'no results'}", ""]
     lines += _render_meta(meta)
-    lines += ["", "k (shots) and n (fine-tuning samples) were chosen on the **validation** split, never on test: "
+    lines += ["", ("k (shots) and n (fine-tuning samples) were chosen on the **validation** split, never on test: "
               "each condition's best validation cell (ties: the cheaper setting) fixes k* and n*, and only those "
               "two cells are compared on `test` (items where the shortcut works) and `test_broken` (items where it "
               "fails). Accuracies are exact match with 95% Wilson intervals; the p-value is an exact two-sided "
-              f"McNemar test on the same items, paired by id; a side wins when it is ahead with p < {ALPHA}.", ""]
+              "McNemar test on the same items, paired by id (with several demonstration draws: the mean over "
+              "draws, the mean of the draws' Wilson bounds, the draws' range, and McNemar's generalization to "
+              "per-item mean correctness, an exact paired sign-flip test); a side wins when it is ahead with "
+              f"p < {ALPHA}."), ""]
 
     comparisons = {(m, t, s): compare(records, t, m, s, base) for m in models for t in tasks for s in EVAL_SPLITS}
 
-    lines += ["## Verdicts", "", "| model | task | split | ICL k* | ICL accuracy | FT n* | FT accuracy | "
-              "ICL-only / FT-only right | p | verdict |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["## Verdicts", "", ("| model | task | split | ICL k* | ICL accuracy | FT n* | FT accuracy | "
+              "ICL-better / FT-better items | p | verdict |"), "|---|---|---|---|---|---|---|---|---|---|"]
     for (m, t, s), c in comparisons.items():
         k = _setting(c.icl_choice) if c.icl_choice else "–"
         n = _setting(c.ft_choice) if c.ft_choice else "–"
@@ -489,16 +585,17 @@ def write_report(records: Iterable[Mapping[str, Any]], out_dir: str | os.PathLik
                 lines.append(f"**{s}**: {c.verdict}.")
                 if c.icl is not None or c.ft is not None:
                     lines.append(f"ICL {_acc_ci(c.icl)} vs FT {_acc_ci(c.ft)}" +
-                                 (f"; {c.mcnemar.b01} items only ICL got right, {c.mcnemar.b10} only FT "
-                                  f"(of {c.mcnemar.n} paired)." if c.mcnemar else "."))
+                                 (f"; {c.mcnemar.b01} items {_only('ICL', c.mcnemar)}, {c.mcnemar.b10} "
+                                  f"{_only('FT', c.mcnemar)} (of {c.mcnemar.n} paired; {c.mcnemar.method})."
+                                  if c.mcnemar else "."))
                 if c.note and c.mcnemar is not None:
                     lines.append(f"Note: {c.note}.")
                 lines.append("")
 
-    lines += ["## Tokens", "", "What each side consumed for its chosen setting: ICL pays in prompt tokens at every "
-              "evaluation (k* demonstrations per item); FT pays once in training tokens, then evaluates 0-shot.", "",
-              "| model | task | ICL k* | ICL prompt tokens (test) | FT n* | FT training tokens | "
-              "FT prompt tokens (test) | FT total |", "|---|---|---|---|---|---|---|---|"]
+    lines += ["## Tokens", "", ("What each side consumed for its chosen setting: ICL pays in prompt tokens at every "
+              "evaluation (k* demonstrations per item); FT pays once in training tokens, then evaluates 0-shot."), "",
+              ("| model | task | ICL k* | ICL prompt tokens (test) | FT n* | FT training tokens | "
+              "FT prompt tokens (test) | FT total |"), "|---|---|---|---|---|---|---|---|"]
     for m in models:
         for t in tasks:
             c = comparisons.get((m, t, "test"))
@@ -525,7 +622,7 @@ def write_report(records: Iterable[Mapping[str, Any]], out_dir: str | os.PathLik
 
 def summary_table(records: Iterable[Mapping[str, Any]]) -> str:
     """A fixed-width table for the terminal: accuracy per k (ICL) and per n (FT); * marks k* and n*."""
-    records = [dict(r) for r in records]
+    records = aggregate_draws(records)
     if not records:
         return "no results"
     shots = sorted({int(r["shots"]) for r in records if r.get("condition") == "icl"})

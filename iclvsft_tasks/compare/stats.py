@@ -47,6 +47,16 @@ class McNemarResult:
     b10: int
     p_value: float
     n: int
+    #: The test behind ``p_value``: exact McNemar, or its generalization to per-item mean scores.
+    method: str = "exact McNemar"
+    #: Mean of A's score minus B's over the items (None: (b01 - b10) / n, as for 0/1 outcomes).
+    mean_difference: float | None = None
+
+    @property
+    def direction(self) -> int:
+        """+1 when A is ahead, -1 when B is, 0 on a tie."""
+        diff = self.mean_difference if self.mean_difference is not None else self.b01 - self.b10
+        return (diff > 1e-12) - (diff < -1e-12)
 
     @property
     def discordant(self) -> int:
@@ -81,3 +91,46 @@ def mcnemar_exact(a_correct: Sequence[bool], b_correct: Sequence[bool]) -> McNem
         elif b and not a:
             b10 += 1
     return McNemarResult(b01=b01, b10=b10, p_value=mcnemar_exact_p(b01, b10), n=len(a_correct))
+
+
+def paired_sign_flip(a_scores: Sequence[float], b_scores: Sequence[float], resolution: int = 1) -> McNemarResult:
+    """Exact paired sign-flip (permutation) test of A against B on per-item scores in [0, 1].
+
+    A score is a mean over ``resolution`` repeats (e.g. the fraction of R demonstration draws that
+    answered an item correctly), so ``resolution * (a - b)`` is an integer d in [-R, R]. Under the
+    null hypothesis each item's difference is as likely to have either sign; the two-sided p-value is
+    the probability that the sum of randomly signed |d| is at least as far from 0 as the observed
+    one, computed exactly by convolving the per-magnitude binomials (integer arithmetic). With one
+    repeat d is -1, 0 or 1 and this *is* the exact McNemar test. ``b01``/``b10`` count the items
+    where A / B scored higher.
+    """
+    if len(a_scores) != len(b_scores):
+        raise ValueError(f"paired test needs the same items: {len(a_scores)} vs {len(b_scores)} scores")
+    if resolution < 1:
+        raise ValueError(f"resolution must be >= 1, got {resolution}")
+    diffs = []
+    for a, b in zip(a_scores, b_scores):
+        d = (float(a) - float(b)) * resolution
+        if abs(d - round(d)) > 1e-6 or not -resolution <= round(d) <= resolution:
+            raise ValueError(f"scores must be multiples of 1/{resolution} in [0, 1], got {a} and {b}")
+        diffs.append(round(d))
+    b01 = sum(d > 0 for d in diffs)
+    b10 = sum(d < 0 for d in diffs)
+    observed = abs(sum(diffs))
+    # Distribution of sum(sign_i * |d_i|) as {value: count}; total count 2**(nonzero items).
+    counts: dict[int, int] = {0: 1}
+    for magnitude in range(1, resolution + 1):
+        c = sum(abs(d) == magnitude for d in diffs)
+        if not c:
+            continue
+        step = {magnitude * (2 * j - c): math.comb(c, j) for j in range(c + 1)}
+        merged: dict[int, int] = {}
+        for value, count in counts.items():
+            for delta, ways in step.items():
+                merged[value + delta] = merged.get(value + delta, 0) + count * ways
+        counts = merged
+    total = sum(counts.values())
+    extreme = sum(count for value, count in counts.items() if abs(value) >= observed)
+    method = "exact McNemar" if resolution == 1 else f"exact paired sign-flip test (mean of {resolution} draws)"
+    return McNemarResult(b01=b01, b10=b10, p_value=min(1.0, extreme / total), n=len(diffs), method=method,
+                         mean_difference=sum(diffs) / resolution / len(diffs) if diffs else 0.0)
