@@ -1,0 +1,492 @@
+"""``iclvsft-hf``: lm-eval's ``hf`` backend, computing a shared prompt prefix once.
+
+Few-shot prompts with *fixed* demonstrations (``iclvsft_demos=fixed``) are a few hundred tokens
+of which all but the query are the same for every item of a split. lm-eval's ``hf`` backend
+(``HFLM``) runs every prompt through the model from its first token. ``IclvsftHFLM`` plans, per
+call, which requests share a long token prefix, runs each shared prefix through the model once
+(``use_cache=True``) and then, for every request of the group, runs only the rest of the prompt
+on a copy of that prefix's KV cache. Everything else (tokenization, truncation, stop sequences,
+post-processing, cache hooks, ``loglikelihood_rolling``) is ``HFLM``'s own code, so outputs are
+the ``hf`` outputs up to float rounding: loglikelihoods agree to ~1e-5 in fp32, and greedy strings
+are identical unless two logits tie to within that rounding.
+
+The class is registered with lm-eval's model registry as ``iclvsft-hf`` when this module is
+imported (``lm_eval.api.registry.get_model("iclvsft-hf")``, ``simple_evaluate(model="iclvsft-hf",
+model_args="pretrained=...,prefix_cache_mb=256")``). It takes every ``hf`` argument plus:
+
+``prefix_cache_mb`` (default 512)
+    Bound on the memory of the *stored* prefix KV caches (sum of their key/value tensors), kept
+    in an LRU keyed by the prefix's token ids; the least recently used prefix is evicted first.
+    A prefix whose cache alone exceeds the bound is used once and not stored. On top of the bound,
+    one working copy of one prefix cache (plus its growth during generation) exists at a time.
+    ``0`` turns prefix caching off: the backend is then exactly ``hf``.
+``min_prefix_tokens`` (default 16)
+    Requests that share fewer tokens than this with their neighbours go through ``HFLM``.
+``prefix_batch_size`` (default 8)
+    In ``generate_until``, requests of one prefix group whose prompts have the same length run
+    together, up to this many at a time, on copies of the one prefix cache (no padding: equal
+    lengths). On a CPU a decode step is bound by reading the weights (Gemma 3's 262k x 640 LM head
+    is 670 MB in fp32), so 8 rows cost about twice one row (measured: 235 vs 108 ms per step);
+    decoding is most of what is left once the demonstrations are computed once. ``1`` runs every
+    request alone, exactly as ``hf`` with ``batch_size=1`` does.
+
+The prefix path is used only where it is known to be exact: a decoder-only model whose
+``forward`` returns a ``DynamicCache`` made of full-attention (``DynamicLayer``) and
+sliding-window (``DynamicSlidingWindowLayer``) layers (Llama, SmolLM2, Gemma 3, ...),
+``batch_size=1`` and greedy decoding. A sliding-window layer keeps the last ``window - 1``
+states, exactly what the next positions can see, so a prefix longer than the window also resumes
+exactly (checked on Gemma 3 270M, window 512, with a 1010-token prefix). Batched or "auto" batch sizes, sampling, beam search, static
+/ quantized / linear-attention caches, prompt-learning PEFT adapters and seq2seq models all take
+``HFLM``'s path unchanged.
+
+Grouping rule (``plan_prefix_groups``): the token sequences are sorted, so sequences with a long
+common prefix are neighbours; walking them in order, a sequence joins the current group when its
+longest common prefix ``l'`` with the group prefix (capped so that the positions whose logits are
+needed lie after the prefix) is at least ``min_prefix_tokens`` and shrinking the group prefix from
+``l`` to ``l'`` recomputes fewer tokens than the newcomer saves: ``(n - 1) * (l - l') < l'`` for a
+group of ``n``. (Merging gives a total of ``sum(len) - n*l'`` computed tokens against
+``sum(len) - (n-1)*l`` for a fresh group; a lone sequence has no prefix to lose, so it always joins a
+neighbour that shares ``min_prefix_tokens``.) Groups of one go through ``HFLM``.
+
+Counters (``stats``, reset with ``reset_stats()``) for benchmarks: ``prompt_tokens`` is what ``hf``
+would run through the model for the same prompts; ``prefix_tokens`` the prefix tokens actually
+computed (once per LRU miss); ``suffix_tokens`` the tokens run after a cached prefix;
+``plain_tokens`` the prompt tokens computed by ``HFLM``'s own path (fallbacks);
+``generated_tokens`` the new tokens of ``generate_until`` (in a batch, rows that have stopped
+still count until the batch stops: the model computes them); ``prefix_batches`` the ``generate``
+calls that started from a cached prefix. ``tokens_computed`` is
+``prefix + suffix + plain + generated``. Also
+``prefix_hits`` / ``prefix_misses`` (prefix look-ups served from / missing in the LRU; a
+loglikelihood group looks its prefix up once, a generation row once per row), ``evictions``,
+``uncached`` (prefixes over the bound), ``cache_bytes`` and ``cache_bytes_peak`` (stored bytes).
+
+Cache API relied on (transformers 5.x): a causal LM's ``forward(input_ids, cache=..., use_cache=True,
+logits_to_keep=k)`` returns ``.cache``, a ``DynamicCache`` whose ``layers`` grow by concatenation, and
+takes positions from ``cache.get_seq_length()``; ``generate(input_ids=<full row>, cache=<filled
+cache>, attention_mask=<full mask>)`` prefills only ``input_ids[:, cache_len:]``. The older name
+``past_key_values`` is used where ``forward`` has no ``cache`` argument; any other cache class turns
+the prefix path off with one warning.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from collections import OrderedDict
+from collections.abc import Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from lm_eval.api.registry import register_model
+from lm_eval.models.huggingface import HFLM
+from lm_eval.models.utils import normalize_gen_kwargs
+from tqdm import tqdm
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from lm_eval.api.instance import Instance
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PREFIX_CACHE_MB = 512
+DEFAULT_MIN_PREFIX_TOKENS = 16
+DEFAULT_PREFIX_BATCH_SIZE = 8
+#: Generation kwargs under which a pre-filled cache is not known to be exact (or generate refuses one).
+_UNSAFE_GEN_KWARGS = ("cache_implementation", "past_key_values", "cache", "prompt_lookup_num_tokens",
+                      "assistant_model", "assistant_early_exit", "prefill_chunk_size")
+_STAT_KEYS = ("prompt_tokens", "prefix_tokens", "suffix_tokens", "plain_tokens", "generated_tokens",
+              "prefix_batches", "prefix_hits", "prefix_misses", "evictions", "uncached", "cache_bytes", "cache_bytes_peak")
+
+
+def _parse_number(name: str, value: Any, *, integer: bool, minimum: float) -> float | int:
+    """``value`` as an int (or a number when not ``integer``) >= ``minimum``; strings come from --model_args."""
+    kind = "an integer" if integer else "a number"
+    parsed: float | int | None = None
+    if isinstance(value, bool):
+        parsed = None
+    elif isinstance(value, int):
+        parsed = value
+    elif isinstance(value, float):
+        parsed = int(value) if integer and value.is_integer() else (None if integer else value)
+    elif isinstance(value, str):
+        try:
+            parsed = int(value.strip()) if integer else float(value.strip())
+        except ValueError:
+            parsed = None
+    if parsed is None or not math.isfinite(parsed) or parsed < minimum:
+        raise ValueError(f"{name} must be {kind} >= {minimum:g}, got {value!r}")
+    return parsed
+
+
+def _common_prefix_len(a: Sequence[int], b: Sequence[int], limit: int) -> int:
+    n = min(len(a), len(b), limit)
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def plan_prefix_groups(seqs: Sequence[Sequence[int]], caps: Sequence[int],
+                       min_prefix_tokens: int) -> list[tuple[int, list[int]]]:
+    """Group sequences (by index) that share a prefix worth computing once.
+
+    ``caps[i]`` is the longest prefix sequence ``i`` may take from a cache (the positions after it
+    must be computed). Returns ``(prefix_len, members)`` for every group of two or more sequences;
+    sequences in no group are left out. The rule is in the module docstring.
+    """
+    order = sorted(range(len(seqs)), key=lambda i: tuple(seqs[i]))
+    groups: list[tuple[int, list[int]]] = []
+    members: list[int] = []
+    plen = 0
+    for i in order:
+        cap = max(0, min(caps[i], len(seqs[i])))
+        if members:
+            shared = _common_prefix_len(seqs[members[0]], seqs[i], min(plen, cap))
+            n = len(members)
+            if shared >= min_prefix_tokens and (n - 1) * (plen - shared) < shared:
+                members.append(i)
+                plen = shared
+                continue
+            groups.append((plen, members))
+        members, plen = [i], cap
+    if members:
+        groups.append((plen, members))
+    return [(p, m) for p, m in groups if len(m) > 1 and p >= min_prefix_tokens]
+
+
+def _cache_nbytes(cache: Any) -> int:
+    return sum(t.nbytes for layer in cache.layers for t in (layer.keys, layer.values) if t is not None)
+
+
+@register_model("iclvsft-hf")
+class IclvsftHFLM(HFLM):
+    """``HFLM`` that computes a prompt prefix shared by several requests once (see the module docstring)."""
+
+    def __init__(self, *args: Any, prefix_cache_mb: float | str = DEFAULT_PREFIX_CACHE_MB,
+                 min_prefix_tokens: int | str = DEFAULT_MIN_PREFIX_TOKENS,
+                 prefix_batch_size: int | str = DEFAULT_PREFIX_BATCH_SIZE, **kwargs: Any) -> None:
+        # Parse before loading the model, so a typo costs no load time.
+        cache_mb = _parse_number("prefix_cache_mb", prefix_cache_mb, integer=False, minimum=0)
+        self.min_prefix_tokens = int(_parse_number("min_prefix_tokens", min_prefix_tokens, integer=True, minimum=1))
+        self.prefix_batch_size = int(_parse_number("prefix_batch_size", prefix_batch_size, integer=True, minimum=1))
+        super().__init__(*args, **kwargs)
+        self.prefix_cache_bytes = int(cache_mb * 2**20)
+        self._lru: OrderedDict[tuple[int, ...], tuple[Any, int]] = OrderedDict()
+        self._gen_plan: dict[tuple[int, ...], int] = {}
+        self._bypass = 0
+        self._disabled_reason: str | None = None if self.prefix_cache_bytes > 0 else "prefix_cache_mb=0"
+        self._cache_kw: str | None = None
+        self._keep_kw: str | None = None
+        self.stats: dict[str, int] = {}
+        self.reset_stats()
+
+    # ----- bookkeeping -----
+
+    def reset_stats(self) -> None:
+        """Zero the counters (the stored prefixes stay; ``cache_bytes`` keeps their size)."""
+        self.stats = dict.fromkeys(_STAT_KEYS, 0)
+        self.stats["cache_bytes"] = self.stats["cache_bytes_peak"] = sum(n for _, n in self._lru.values())
+
+    @property
+    def tokens_computed(self) -> int:
+        """Token positions run through the model so far: prefixes + suffixes + plain prompts + generated."""
+        s = self.stats
+        return s["prefix_tokens"] + s["suffix_tokens"] + s["plain_tokens"] + s["generated_tokens"]
+
+    def clear_prefix_cache(self) -> None:
+        """Drop every stored prefix cache."""
+        self._lru.clear()
+        self.stats["cache_bytes"] = 0
+
+    @contextmanager
+    def _hflm_only(self) -> Iterator[None]:
+        self._bypass += 1
+        try:
+            yield
+        finally:
+            self._bypass -= 1
+
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast(device_type=self.device.type, dtype=self.mixed_precision_dtype,
+                              enabled=self.mixed_precision_dtype is not None)
+
+    def _usable(self) -> bool:
+        """Whether the prefix path may run at all for this model and configuration."""
+        if self._bypass or self._disabled_reason is not None:
+            return False
+        if self.backend != "causal" or self.batch_size != 1:
+            return False
+        if self._cache_kw is None:
+            self._inspect_model()
+        return self._disabled_reason is None
+
+    def _disable(self, reason: str) -> None:
+        log.warning("iclvsft-hf: prefix caching off (%s); using the hf path", reason)
+        self._disabled_reason = reason
+        self.clear_prefix_cache()
+
+    def _inspect_model(self) -> None:
+        import inspect
+
+        model = self.model
+        peft_config = getattr(model, "active_peft_config", None)
+        if peft_config is not None and getattr(peft_config, "is_prompt_learning", False):
+            # Prompt/prefix tuning injects virtual tokens or its own past key values.
+            return self._disable("prompt-learning PEFT adapter")
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        params = inspect.signature(base.forward).parameters
+        # transformers 5 renamed ``past_key_values`` to ``cache`` (the old name is deprecated).
+        self._cache_kw = next((k for k in ("cache", "past_key_values") if k in params), None)
+        if self._cache_kw is None:
+            return self._disable(f"{type(base).__name__}.forward takes no cache")
+        self._keep_kw = next((k for k in ("logits_to_keep", "num_logits_to_keep") if k in params), None)
+        gen_config = getattr(model, "generation_config", None)
+        if getattr(gen_config, "cache_implementation", None) is not None:
+            # generate() refuses a user cache together with cache_implementation.
+            return self._disable(f"generation_config.cache_implementation={gen_config.cache_implementation!r}")
+        return None
+
+    @staticmethod
+    def _cache_supported(cache: Any) -> bool:
+        """Only caches whose ``update`` concatenates (never writes in place) and that resume exactly."""
+        try:
+            from transformers.cache_utils import (
+                DynamicCache,
+                DynamicLayer,
+                DynamicSlidingWindowLayer,
+            )
+        except ImportError:  # older transformers: a different cache API
+            return False
+        layers = getattr(cache, "layers", None)
+        return (type(cache) is DynamicCache and bool(layers)
+                and all(type(layer) in (DynamicLayer, DynamicSlidingWindowLayer) for layer in layers))
+
+    # ----- model calls -----
+
+    def _forward(self, ids: Sequence[int], cache: Any, keep: int) -> tuple[torch.Tensor, Any]:
+        """Logits of the last ``keep`` positions of ``ids`` (run after ``cache`` if given) and the cache."""
+        kwargs: dict[str, Any] = {"input_ids": torch.tensor([list(ids)], dtype=torch.long, device=self.device),
+                                  "use_cache": True}
+        if cache is not None:
+            kwargs[self._cache_kw] = cache
+        if self._keep_kw is not None:
+            kwargs[self._keep_kw] = keep  # skip the LM head (and its memory) at positions we never read
+        with torch.no_grad(), self._autocast():
+            out = self.model(**kwargs)
+        new_cache = out.get("cache", None)
+        if new_cache is None:
+            new_cache = out.get("past_key_values", None)
+        return out.logits[0, -keep:], new_cache
+
+    def _prefix_cache(self, prefix: tuple[int, ...]) -> Any | None:
+        """The KV cache of ``prefix`` (from the LRU or computed now); None if this model's cache is unsupported."""
+        hit = self._lru.get(prefix)
+        if hit is not None:
+            self._lru.move_to_end(prefix)
+            self.stats["prefix_hits"] += 1
+            return hit[0]
+        self.stats["prefix_misses"] += 1
+        self.stats["prefix_tokens"] += len(prefix)
+        _, cache = self._forward(prefix, None, keep=1)
+        if not self._cache_supported(cache):
+            self._disable(f"unsupported cache type {type(cache).__name__}")
+            return None
+        nbytes = _cache_nbytes(cache)
+        if nbytes > self.prefix_cache_bytes:
+            self.stats["uncached"] += 1  # used for this request group only
+            return cache
+        while self._lru and self.stats["cache_bytes"] + nbytes > self.prefix_cache_bytes:
+            _, (_, freed) = self._lru.popitem(last=False)
+            self.stats["cache_bytes"] -= freed
+            self.stats["evictions"] += 1
+        self._lru[prefix] = (cache, nbytes)
+        self.stats["cache_bytes"] += nbytes
+        self.stats["cache_bytes_peak"] = max(self.stats["cache_bytes_peak"], self.stats["cache_bytes"])
+        return cache
+
+    # ----- generate_until -----
+
+    def _greedy_and_safe(self, kwargs: dict[str, Any]) -> bool:
+        if kwargs.get("do_sample") or float(kwargs.get("temperature") or 0.0) > 0.0:
+            return False
+        if int(kwargs.get("num_beams") or 1) != 1 or int(kwargs.get("num_return_sequences") or 1) != 1:
+            return False
+        if kwargs.get("use_cache") is False:
+            return False
+        return not any(key in kwargs for key in _UNSAFE_GEN_KWARGS)
+
+    def _generation_row(self, context: str, gen_kwargs: dict) -> tuple[int, ...] | None:
+        """The token ids HFLM.generate_until feeds the model for this request at batch size 1, or None."""
+        kwargs = normalize_gen_kwargs(gen_kwargs, self.max_gen_toks)
+        if not self._greedy_and_safe(kwargs):
+            return None
+        max_ctx_len = self.max_length - kwargs["max_gen_toks"]
+        if max_ctx_len <= 0:
+            return None  # HFLM raises its own error for this one
+        ids, _ = self.tok_batch_encode([context], truncation=self.truncation)
+        # Same left truncation as HFLM's tok_batch_encode(left_truncate_len=...), without its warning twice.
+        return tuple(ids[0, -max_ctx_len:].tolist())
+
+    def generate_until(self, requests: list[Instance], disable_tqdm: bool = False) -> list[str]:
+        if not self._usable() or not requests:
+            return super().generate_until(requests, disable_tqdm=disable_tqdm)
+        rows: list[tuple[int, ...]] = []
+        eligible: list[int] = []
+        for i, req in enumerate(requests):
+            context, gen_kwargs = req.args
+            row = self._generation_row(context, gen_kwargs)
+            if row is not None:
+                rows.append(row)
+                eligible.append(i)
+        groups = plan_prefix_groups(rows, [len(r) - 1 for r in rows], self.min_prefix_tokens)
+
+        results: list[str | None] = [None] * len(requests)
+        pbar = tqdm(total=len(requests), disable=(disable_tqdm or (self.rank != 0)),
+                    desc="Running generate_until requests")
+        grouped: set[int] = set()
+        try:
+            # One HFLM call per group keeps each prefix hot in the LRU while its group runs.
+            for plen, members in groups:
+                self._gen_plan = {rows[m]: plen for m in members}
+                # Equal-length prompts of a group run as batches without padding (HFLM chunks them).
+                buckets: dict[int, list[int]] = {}
+                for m in members:
+                    buckets.setdefault(len(rows[m]), []).append(eligible[m])
+                try:
+                    for idx in buckets.values():
+                        grouped.update(idx)
+                        self.batch_size_per_gpu = min(self.prefix_batch_size, len(idx))
+                        try:
+                            outs = super().generate_until([requests[i] for i in idx], disable_tqdm=True)
+                        finally:
+                            self.batch_size_per_gpu = 1
+                        for i, out in zip(idx, outs, strict=True):
+                            results[i] = out
+                        pbar.update(len(idx))
+                finally:
+                    self._gen_plan = {}
+            rest = [i for i in range(len(requests)) if i not in grouped]
+            if rest:
+                outs = super().generate_until([requests[i] for i in rest], disable_tqdm=True)
+                for i, out in zip(rest, outs, strict=True):
+                    results[i] = out
+                pbar.update(len(rest))
+        finally:
+            pbar.close()
+        return results  # type: ignore[return-value]
+
+    def _model_generate(self, context: torch.Tensor, max_length: int, stop: list[str],
+                        **generation_kwargs: Any) -> torch.Tensor:
+        cache = None
+        rows, prompt_len = context.shape
+        if self._gen_plan:
+            mask = generation_kwargs.get("attention_mask")
+            plens = {self._gen_plan.get(tuple(row), 0) for row in context.tolist()}
+            plen = plens.pop() if len(plens) == 1 else 0
+            # One prefix for every row (a batch is one bucket of one group), and no padding.
+            if plen and (mask is None or bool(mask.all())) and bool((context[:, :plen] == context[:1, :plen]).all()):
+                prefix = self._prefix_cache(tuple(context[0, :plen].tolist()))
+                if prefix is not None:
+                    # generate() appends to the cache it is given: hand it a copy, keep the stored one pristine.
+                    cache = copy.deepcopy(prefix)
+                    if rows > 1:
+                        cache.batch_repeat_interleave(rows)
+        self.stats["prompt_tokens"] += rows * prompt_len
+        if cache is None:
+            self.stats["plain_tokens"] += rows * prompt_len
+            out = super()._model_generate(context, max_length, stop, **generation_kwargs)
+        else:
+            self.stats["suffix_tokens"] += rows * (prompt_len - cache.get_seq_length())
+            self.stats["prefix_batches"] += 1
+            # HFLM's own call, plus the cache: generate() then prefills only input_ids[:, cache_len:]
+            # (positions come from the full attention mask / the cache length).
+            generation_kwargs[self._cache_kw] = cache
+            out = super()._model_generate(context, max_length, stop, **generation_kwargs)
+        self.stats["generated_tokens"] += rows * (out.shape[1] - prompt_len)
+        return out
+
+    # ----- loglikelihood -----
+
+    def loglikelihood_rolling(self, requests: list[Instance], disable_tqdm: bool = False) -> list[float]:
+        with self._hflm_only():  # rolling windows rarely share prefixes; keep HFLM's code path
+            return super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
+
+    def _loglikelihood_tokens(self, requests: list[tuple[tuple[str, str], list[int], list[int]]],
+                              disable_tqdm: bool = False,
+                              override_bs: int | None = None) -> list[tuple[float, bool]]:
+        if not self._usable() or not requests:
+            self._count_plain_loglikelihood(requests)
+            return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
+        # The model input exactly as HFLM builds it; logits are needed at its last len(cont) positions.
+        needed: dict[tuple[int, ...], int] = {}  # distinct input -> longest continuation scored on it
+        inps: list[tuple[int, ...]] = []
+        truncated = 0
+        for _, context_enc, continuation_enc in requests:
+            assert len(context_enc) > 0 and len(continuation_enc) > 0
+            assert len(continuation_enc) <= self.max_length
+            truncated += len(context_enc) + len(continuation_enc) > self.max_length + 1
+            inp = tuple((context_enc + continuation_enc)[-(self.max_length + 1):][:-1])
+            inps.append(inp)
+            needed[inp] = max(needed.get(inp, 0), len(continuation_enc))
+        if truncated:
+            log.warning("%d loglikelihood requests exceed max_length=%d and were truncated from the left",
+                        truncated, self.max_length)
+        distinct = list(needed)
+        # A prefix may cover at most the positions before the first scored logit.
+        groups = plan_prefix_groups(distinct, [len(s) - needed[s] for s in distinct], self.min_prefix_tokens)
+        by_inp: dict[tuple[int, ...], list[int]] = {}
+        for i, inp in enumerate(inps):
+            by_inp.setdefault(inp, []).append(i)
+
+        results: list[tuple[float, bool] | None] = [None] * len(requests)
+        pbar = tqdm(total=len(requests), disable=(disable_tqdm or (self.rank != 0)),
+                    desc="Running loglikelihood requests")
+        try:
+            for plen, members in groups:
+                prefix = self._prefix_cache(distinct[members[0]][:plen])
+                if prefix is None:
+                    break  # unsupported cache: everything left goes through HFLM below
+                for m in members:
+                    inp = distinct[m]
+                    keep = needed[inp]
+                    self.stats["prompt_tokens"] += len(inp)
+                    self.stats["suffix_tokens"] += len(inp) - plen
+                    logits, _ = self._forward(inp[plen:], copy.deepcopy(prefix), keep=keep)
+                    logprobs = F.log_softmax(logits, dim=-1, dtype=self.softmax_dtype)  # [keep, vocab]
+                    for i in by_inp[inp]:
+                        results[i] = self._score(requests[i], logprobs)
+                        pbar.update(1)
+            rest = [i for i in range(len(requests)) if results[i] is None]
+            if rest:
+                self._count_plain_loglikelihood([requests[i] for i in rest])
+                outs = super()._loglikelihood_tokens([requests[i] for i in rest], disable_tqdm=True,
+                                                     override_bs=override_bs)
+                for i, out in zip(rest, outs, strict=True):
+                    results[i] = out
+                pbar.update(len(rest))
+        finally:
+            pbar.close()
+        return results  # type: ignore[return-value]
+
+    def _count_plain_loglikelihood(self, requests: Sequence[tuple[Any, list[int], list[int]]]) -> None:
+        # HFLM runs one forward per distinct input when logits_cache is on (its one-token-continuation reuse).
+        inps = [tuple((ctx + cont)[-(self.max_length + 1):][:-1]) for _, ctx, cont in requests]
+        computed = sum(len(s) for s in (set(inps) if self.logits_cache else inps))
+        self.stats["prompt_tokens"] += computed
+        self.stats["plain_tokens"] += computed
+
+    def _score(self, request: tuple[tuple[str, str], list[int], list[int]],
+               logprobs: torch.Tensor) -> tuple[float, bool]:
+        """(sum of the continuation's log-probs, whether greedy decoding gives it), as HFLM computes them."""
+        request_str, _, continuation_enc = request
+        cont = torch.tensor(continuation_enc, dtype=torch.long, device=logprobs.device)
+        rows = logprobs[-len(continuation_enc):]
+        is_greedy = bool((rows.argmax(dim=-1) == cont).all())
+        answer = (float(rows.gather(1, cont.unsqueeze(-1)).sum()), is_greedy)
+        if request_str is not None:
+            self.cache_hook.add_partial("loglikelihood", request_str, answer)
+        return answer
