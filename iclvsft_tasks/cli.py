@@ -12,10 +12,19 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .atomic import atomic_open, atomic_write_dir
-from .errors import IclvsftError
 from .cliutil import OneLineParser, add_split_size_flags, positive_int, run_cli
+from .compare.config import BACKENDS
+from .demos import DEFAULT_DRAWS, DEMO_MODES
+from .errors import IclvsftError
 from .registry import TASKS, get_task, parse_task_list
-from .splits import DEFAULT_SIZES, SPLITS, SplitSpec, build_splits, draw_splits, fingerprint
+from .splits import (
+    DEFAULT_SIZES,
+    SPLITS,
+    SplitSpec,
+    build_splits,
+    draw_splits,
+    fingerprint,
+)
 
 PROG = "iclvsft"
 
@@ -120,6 +129,7 @@ def cmd_compare(args: argparse.Namespace, extra: list[str]) -> int:
         "validation_size": args.validation_size, "train_size": args.train_size, "seed": args.seed,
         "out": args.out, "dtype": args.dtype, "device": args.device, "batch_size": args.batch_size,
         "eval_backend": args.eval_backend, "eval_args": _parse_eval_args(args.eval_args),
+        "demos": args.demos, "draws": args.draws,
         "train_args": extra or None,
     }
     if isinstance(overrides["tasks"], str):
@@ -179,7 +189,13 @@ def build_parser() -> OneLineParser:
     cmp_.add_argument("--dtype", choices=("float32", "bfloat16", "float16", "auto"))
     cmp_.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     cmp_.add_argument("--batch-size", type=positive_int)
-    cmp_.add_argument("--eval-backend", choices=("hf", "vllm"), help="lm-eval backend (default hf)")
+    cmp_.add_argument("--demos", choices=DEMO_MODES,
+                      help="fixed (default): one demonstration set per draw for every item, nested across k; "
+                           "per-item: lm-eval's sampling afresh for each item (the paper's protocol)")
+    cmp_.add_argument("--draws", type=positive_int, help=f"fixed demonstration sets per k (default {DEFAULT_DRAWS})")
+    cmp_.add_argument("--eval-backend", choices=BACKENDS,
+                      help="lm-eval model: iclvsft-hf (default: hf that computes a shared prompt prefix once), "
+                           "hf, or vllm (prefix caching on)")
     cmp_.add_argument("--eval-args", help="extra model args for the backend, e.g. tensor_parallel_size=2,data_parallel_size=4")
     cmp_.set_defaults(run=cmd_compare, takes_extra=True)
     return parser

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from .atomic import atomic_write_dir
 from .errors import IclvsftError
-from .lm_eval_glue import tasks_dir
+from .lm_eval_glue import register_backend, tasks_dir
 
 PROG = "iclvsft-eval"
 _SUBCOMMANDS = ("run", "ls", "validate")
@@ -208,6 +208,24 @@ def lm_eval_argv(argv: Sequence[str]) -> list[str]:
     return ["run", "--include_path", tasks_dir(), *argv]
 
 
+def _one_line_model_errors() -> None:
+    """Turn a failure to build the ``--model`` (a bad ``--model_args`` value, an argument the model
+    rejects, a missing checkpoint) into one ``error:`` line instead of lm-eval's traceback."""
+    from lm_eval.api.model import LM
+
+    for name in ("create_from_arg_string", "create_from_arg_obj"):
+        original = getattr(LM, name).__func__
+
+        def create(cls, args, additional_config=None, _original=original):
+            try:
+                return _original(cls, args, additional_config)
+            except Exception as exc:  # noqa: BLE001 - whatever the model raised, said in one line
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise IclvsftError(f"cannot create model {cls.__name__} from --model_args: {first}") from None
+
+        setattr(LM, name, classmethod(create))
+
+
 def _main(argv: Sequence[str]) -> int:
     if argv and argv[0] in ("register", "unregister", "status"):
         if len(argv) > 1:
@@ -217,6 +235,8 @@ def _main(argv: Sequence[str]) -> int:
     for warning in num_fewshot_warnings(argv):
         print(warning, file=sys.stderr)
     new_argv = lm_eval_argv(argv)
+    register_backend()  # --model iclvsft-hf
+    _one_line_model_errors()
     from lm_eval.__main__ import cli_evaluate
 
     sys.argv = ["lm-eval", *new_argv]

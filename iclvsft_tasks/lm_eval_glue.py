@@ -36,6 +36,21 @@ DEMO_KEYS: dict[str, str] = {f"{PREFIX}demos": "demos", f"{PREFIX}draw": "draw"}
 _DATASET_KEY = f"{PREFIX}task"
 
 
+#: Our lm-eval model backend (``lm_backend.IclvsftHFLM``).
+BACKEND_NAME = "iclvsft-hf"
+
+
+def register_backend() -> None:
+    """Make ``--model iclvsft-hf`` known to lm-eval as a lazy registry entry: torch and the model
+    code load only when it is used. (lm-eval 0.4.13 discovers no plugin models, so ``iclvsft-eval``
+    and ``compare`` call this; in your own Python, ``import iclvsft_tasks.lm_backend`` does it.)"""
+    import lm_eval.models  # noqa: F401 - lm-eval's own models first: its registry fills itself only when empty
+    from lm_eval.api.registry import model_registry
+
+    if BACKEND_NAME not in model_registry:
+        model_registry.register(BACKEND_NAME, target="iclvsft_tasks.lm_backend:IclvsftHFLM")
+
+
 def tasks_dir() -> str:
     """The directory of our lm-eval YAMLs (the installed ``task_configs``)."""
     spec = importlib.util.find_spec("iclvsft_tasks.task_configs")
@@ -139,6 +154,7 @@ def task_manager(
     """
     from lm_eval.tasks import TaskManager
 
+    register_backend()  # so that simple_evaluate(model="iclvsft-hf", ...) works alongside our tasks
     extra = [include_path] if isinstance(include_path, str) else list(include_path or [])
     return TaskManager(
         include_path=[tasks_dir(), *extra],

@@ -18,7 +18,7 @@ from iclvsft_tasks.compare.config import Experiment, load_experiment
 
 BIN = Path(sys.executable).parent
 SMALL = {"tasks": ["parity_pattern"], "shots": [0, 1, 3], "test_size": 6, "test_broken_size": 6,
-         "validation_size": 6, "train_size": 60}
+         "validation_size": 6, "train_size": 60, "draws": 2}
 
 
 def _env():
@@ -33,7 +33,7 @@ def _compare(args, timeout=900, **kwargs):
 def _flags(model: Path, out: Path, ft: str = "8,16") -> list[str]:
     return ["--model", str(model), "--tasks", "parity_pattern", "--shots", "0,1,3", "--ft-samples", ft,
             "--test-size", "6", "--test-broken-size", "6", "--validation-size", "6", "--train-size", "60",
-            "--out", str(out)]
+            "--draws", "2", "--out", str(out)]
 
 
 def _stable(records):
@@ -53,7 +53,7 @@ def test_compare_writes_every_cell_result_plot_and_report(full_run):
     records = json.loads((out / "results.json").read_text())
     icl = [r for r in records if r["condition"] == "icl"]
     ft = [r for r in records if r["condition"] == "ft"]
-    assert len(icl) == 3 * 3 and len(ft) == 2 * 3
+    assert len(icl) == (1 + 2 + 2) * 3 and len(ft) == 2 * 3  # k=0 once, k=1 and k=3 in 2 draws each
     assert {r["split"] for r in records} == {"validation", "test", "test_broken"}
     for r in records:
         assert set(r) >= {"condition", "model", "task", "split", "shots", "ft_samples", "n", "accuracy", "ci_low",
@@ -62,8 +62,12 @@ def test_compare_writes_every_cell_result_plot_and_report(full_run):
         rows = [json.loads(line) for line in (out / r["predictions"]).read_text().splitlines()]
         assert len(rows) == 6 and sum(row["correct"] for row in rows) == r["correct"]
     assert all(r["train_tokens"] > 0 for r in ft) and all(r["train_tokens"] == 0 for r in icl)
-    by_k = {r["shots"]: r["prompt_tokens"] for r in icl if r["split"] == "test"}
+    by_k = {r["shots"]: r["prompt_tokens"] for r in icl if r["split"] == "test" and r["draw"] in (0, 1)}
     assert by_k[0] < by_k[1] < by_k[3]
+    demos = {(r["shots"], r["draw"]): r["demo_ids"] for r in icl if r["split"] == "validation" and r["shots"]}
+    assert demos[(3, 1)][:1] == demos[(1, 1)] and demos[(3, 2)][:1] == demos[(1, 2)]  # nested across k
+    assert demos[(3, 1)] != demos[(3, 2)] and len(demos[(3, 1)]) == 3
+    assert {r["demos"] for r in icl} == {None, "fixed"} and {r["draw"] for r in ft} == {0}
     test_items = {json.loads(line)["id"] for r in records if r["split"] == "test"
                   for line in (out / r["predictions"]).read_text().splitlines()}
     assert len(test_items) == 6  # every condition is scored on the same items
@@ -127,7 +131,7 @@ def test_a_changed_generator_invalidates_cells_instead_of_mixing(tiny_llama, tmp
     monkeypatch.setattr(compare_run, "fingerprints", changed)
     compare_run.run_compare(exp)
     second = json.loads((tmp_path / "inv" / "results.json").read_text())
-    assert {c.split for c in calls} == {"test"} and len(calls) == 3
+    assert {c.split for c in calls} == {"test"} and len(calls) == 1 + 2 + 2
     assert len(second) == len(first)
     assert {r["fingerprint"] for r in second if r["split"] == "test"} == {"0" * 16}
     assert {r["key"] for r in second if r["split"] == "test"}.isdisjoint({r["key"] for r in first})
@@ -139,14 +143,15 @@ def test_vllm_backend_arguments_are_passed_through(tmp_path):
     name, args = compare_run.lm_spec(exp, "/models/base")
     assert name == "vllm"
     assert args == {"pretrained": "/models/base", "dtype": "float32", "tensor_parallel_size": 2,
-                    "data_parallel_size": 4, "gpu_memory_utilization": 0.8}
+                    "data_parallel_size": 4, "gpu_memory_utilization": 0.8, "enable_prefix_caching": True}
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text(json.dumps({"r": 32}))
     _, with_lora = compare_run.lm_spec(exp, "/models/base", adapter=str(adapter))
     assert with_lora["lora_local_path"] == str(adapter) and with_lora["max_lora_rank"] == 32
     hf_name, hf_args = compare_run.lm_spec(Experiment(**SMALL, ft_samples=[]), "/m", adapter="/a")
-    assert hf_name == "hf" and hf_args == {"pretrained": "/m", "dtype": "float32", "peft": "/a"}
+    assert hf_name == "iclvsft-hf" and hf_args == {"pretrained": "/m", "dtype": "float32", "peft": "/a"}
+    assert compare_run.lm_spec(Experiment(**SMALL, ft_samples=[], eval_backend="hf"), "/m")[0] == "hf"
 
 
 def test_experiment_flags_override_the_yaml(tmp_path):
@@ -157,6 +162,19 @@ def test_experiment_flags_override_the_yaml(tmp_path):
     assert exp.test_broken_size == 50 and exp.out == "x"
     demo = load_experiment("demo", {})
     assert demo.model == "default" and len(demo.tasks) == 2
+    assert (exp.demos, exp.draws) == ("fixed", 3)
+    assert load_experiment(None, {"demos": "per-item"}).draws == 1
+    assert exp.draws_for(0) == [0] and exp.draws_for(2) == [1, 2, 3]
+
+
+def test_per_item_demonstrations_run_one_cell_per_k(tiny_llama, tmp_path):
+    exp = Experiment(model=str(tiny_llama), out=str(tmp_path / "pi"), ft_samples=[],
+                     **{**SMALL, "draws": None, "shots": [0, 2]}, demos="per-item")
+    compare_run.run_compare(exp)
+    records = json.loads((tmp_path / "pi" / "results.json").read_text())
+    assert len(records) == 2 * 3 and {r["draw"] for r in records} == {0}
+    assert {r["demos"] for r in records if r["shots"] == 2} == {"per-item"}
+    assert all("demo_ids" not in r for r in records)
 
 
 @pytest.mark.parametrize("args, message", [
@@ -167,6 +185,10 @@ def test_experiment_flags_override_the_yaml(tmp_path):
     (["--ft-samples", "10"], "not a multiple of the effective batch 4"),
     (["--config", "nonexistent.yaml"], "not found"),
     (["--eval-backend", "tgi"], "invalid choice"),
+    (["--draws", "0"], "draws must be an integer >= 1"),
+    (["--demos", "random"], "invalid choice"),
+    (["--demos", "per-item", "--draws", "3"], "draws apply to fixed demonstrations"),
+    (["--eval-args", "no_such_arg=1", "--ft-samples", ""], "cannot load model"),
 ])
 def test_bad_input_is_one_line(tiny_llama, tmp_path, args, message):
     base = ["--model", str(tiny_llama), "--tasks", "parity_pattern", "--shots", "0", "--ft-samples", "8",

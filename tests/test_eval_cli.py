@@ -135,3 +135,33 @@ def test_num_fewshot_over_a_fixed_shot_variant_warns(argv, expected):
     assert len(warnings) == len(expected)
     for warning, fragment in zip(warnings, expected):
         assert fragment in warning
+
+
+def test_our_backend_and_fixed_demonstrations_through_the_wrapper(tiny_llama, tmp_path):
+    metadata = json.dumps({**SMALL_METADATA, "iclvsft_demos": "fixed", "iclvsft_draw": 2})
+    outputs = {}
+    for backend in ("hf", "iclvsft-hf"):
+        out = tmp_path / backend
+        proc = _run([str(BIN / "iclvsft-eval"), "--model", backend, "--model_args", f"pretrained={tiny_llama},dtype=float32",
+                     "--device", "cpu", "--batch_size", "1", "--limit", "4", "--metadata", metadata,
+                     "--tasks", "expression_pattern_2shot", "--log_samples", "--output_path", str(out)])
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        [samples] = list(out.rglob("samples_expression_pattern_2shot_*.jsonl"))
+        rows = [json.loads(line) for line in samples.read_text().splitlines()]
+        outputs[backend] = [(r["doc_id"], r["resps"]) for r in rows]
+        prompts = {r["arguments"]["gen_args_0"]["arg_0"].rsplit("\n\n", 1)[0] for r in rows}
+        assert len(prompts) == 1  # every query saw the same two demonstrations
+    assert outputs["hf"] == outputs["iclvsft-hf"]
+
+
+@pytest.mark.parametrize("model_args, message", [
+    ("prefix_cache_mb=lots", "prefix_cache_mb must be a number >= 0, got 'lots'"),
+    ("no_such_option=1", "unexpected keyword argument 'no_such_option'"),
+])
+def test_a_model_argument_the_backend_rejects_is_one_line(tiny_llama, model_args, message):
+    proc = _run([str(BIN / "iclvsft-eval"), "--model", "iclvsft-hf", "--model_args",
+                 f"pretrained={tiny_llama},{model_args}", "--device", "cpu", "--limit", "1",
+                 "--tasks", "expression_pattern_0shot", "--metadata", METADATA])
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("iclvsft-eval: error: cannot create model") and message in last

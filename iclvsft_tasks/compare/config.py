@@ -9,13 +9,15 @@ from typing import Any
 import yaml
 
 from ..cliutil import parse_int_list
+from ..demos import DEFAULT_DRAWS, DEMO_MODES
 from ..errors import IclvsftError
 from ..registry import parse_task_list
 from ..splits import MAX_SPLIT_SIZE
 
 #: Shipped experiments (``--config demo`` works as well as a path).
 EXPERIMENTS_DIR = Path(__file__).resolve().parent / "experiments"
-BACKENDS = ("hf", "vllm")
+#: lm-eval model backends: ours (hf + shared-prefix KV reuse), lm-eval's hf, lm-eval's vllm.
+BACKENDS = ("iclvsft-hf", "hf", "vllm")
 FT_MODES = ("per-task", "mixture")
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 
@@ -36,12 +38,14 @@ class Experiment:
     validation_size: int = 100
     train_size: int = 20_000
     seed: int = 0
-    fewshot_seed: int = 1234           # lm-eval's few-shot sampler seed (its --seed default)
+    fewshot_seed: int = 1234           # lm-eval's few-shot sampler seed (its --seed default), per-item demos
+    demos: str = "fixed"               # fixed: one demonstration set per draw for every item; per-item: lm-eval's
+    draws: int | None = None           # fixed demonstration sets per k (default 3); per-item has one
     out: str = "runs/compare"
     dtype: str = "float32"
     device: str | None = None          # None: cuda when available, else cpu
     batch_size: int = 1                # one CPU thread gains nothing from batching, and pads
-    eval_backend: str = "hf"
+    eval_backend: str = "iclvsft-hf"
     eval_args: dict[str, Any] = dataclasses.field(default_factory=dict)  # extra model args, e.g. tensor_parallel_size
     train_args: list[str] = dataclasses.field(default_factory=list)     # extra iclvsft-train / trl sft / accelerate flags
 
@@ -60,6 +64,15 @@ class Experiment:
         for name in ("test_size", "test_broken_size", "validation_size", "train_size"):
             if not 1 <= getattr(self, name) <= MAX_SPLIT_SIZE:
                 raise IclvsftError(f"{name} must be between 1 and {MAX_SPLIT_SIZE:,}, got {getattr(self, name)}")
+        if self.demos not in DEMO_MODES:
+            raise IclvsftError(f"demos must be one of {', '.join(DEMO_MODES)}, got {self.demos!r}")
+        if self.draws is None:
+            self.draws = DEFAULT_DRAWS if self.demos == "fixed" else 1
+        if isinstance(self.draws, bool) or not isinstance(self.draws, int) or self.draws < 1:
+            raise IclvsftError(f"draws must be an integer >= 1, got {self.draws!r}")
+        if self.demos == "per-item" and self.draws != 1:
+            raise IclvsftError("draws apply to fixed demonstrations (demos: fixed); per-item demonstrations "
+                               "are drawn afresh for every item")
         if self.batch_size < 1:
             raise IclvsftError(f"batch_size must be at least 1, got {self.batch_size}")
         if self.eval_backend not in BACKENDS:
@@ -78,6 +91,10 @@ class Experiment:
         if per_task > self.train_size:
             raise IclvsftError(f"{max(self.ft_samples)} fine-tuning samples exceed the train split "
                                f"({self.train_size} items per task); raise train_size or lower ft_samples")
+
+    def draws_for(self, shots: int) -> list[int]:
+        """The draws an ICL setting is evaluated with: 1..R for fixed sets, else 0 (none to draw)."""
+        return list(range(1, self.draws + 1)) if self.demos == "fixed" and shots > 0 else [0]
 
     @property
     def sizes(self) -> dict[str, int]:

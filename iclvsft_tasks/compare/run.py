@@ -29,12 +29,15 @@ from typing import Any
 
 from ..atomic import atomic_open, atomic_write_text
 from ..cliutil import default_threads
+from ..demos import fixed_demo_ids
 from ..errors import IclvsftError
 from ..lm_eval_configs import SHOTS, variant_name
 from ..splits import SplitSpec, fingerprints
 from .config import Experiment
 
 EVAL_SPLITS = ("validation", "test", "test_broken")
+#: Backends built on lm-eval's HFLM (same arguments; ours adds shared-prefix KV reuse).
+HF_BACKENDS = ("iclvsft-hf", "hf")
 CELLS_DIR = "cells"
 PREDICTIONS_DIR = "predictions"
 FT_DIR = "ft"
@@ -58,11 +61,19 @@ class Cell:
     shots: int
     ft_samples: int
     training: Training | None = None
+    draw: int = 0           # fixed demonstration set 1..R; 0: per-item demonstrations, or none (k=0, FT)
+
+    @property
+    def demos(self) -> str | None:
+        """The demonstration mode that determines the cell (None at 0 shots: no demonstrations)."""
+        return None if self.shots == 0 else ("fixed" if self.draw else "per-item")
 
     def key(self, context: dict[str, Any]) -> str:
         payload = {**context, "condition": self.condition, "task": self.task, "split": self.split,
                    "shots": self.shots, "ft_samples": self.ft_samples,
                    "training": self.training.config_hash if self.training else None}
+        if self.shots:  # 0-shot cells stay valid whatever the demonstration mode
+            payload.update({"demos": self.demos, "draw": self.draw})
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -80,12 +91,13 @@ def lm_eval_task(task: str, split: str, shots: int) -> tuple[str, int | None]:
 def lm_spec(exp: Experiment, model_path: str, adapter: str | None = None) -> tuple[str, dict[str, Any]]:
     """lm-eval model name and arguments for the chosen backend (``adapter``: a LoRA directory)."""
     args: dict[str, Any] = {"pretrained": model_path, "dtype": exp.dtype}
-    if exp.eval_backend == "hf":
+    if exp.eval_backend in HF_BACKENDS:
         if adapter:
             args["peft"] = adapter
-        return "hf", {**args, **exp.eval_args}
-    # vLLM through lm-eval's own backend: tensor/data parallel sizes and engine options pass through.
-    args.update({"tensor_parallel_size": 1, "data_parallel_size": 1})
+        return exp.eval_backend, {**args, **exp.eval_args}
+    # vLLM through lm-eval's own backend: tensor/data parallel sizes and engine options pass through;
+    # prefix caching makes vLLM compute the demonstrations shared by many prompts once.
+    args.update({"tensor_parallel_size": 1, "data_parallel_size": 1, "enable_prefix_caching": True})
     if adapter:
         rank = json.loads((Path(adapter) / "adapter_config.json").read_text()).get("r", 16)
         args.update({"lora_local_path": adapter, "max_lora_rank": max(16, int(rank))})
@@ -105,17 +117,22 @@ def load_lm(exp: Experiment, model_path: str, adapter: str | None = None):
     from lm_eval.api.registry import get_model
 
     name, args = lm_spec(exp, model_path, adapter)
-    extra = {"batch_size": exp.batch_size if name == "hf" else "auto", "device": _device(exp) if name == "hf" else None}
+    hf = name in HF_BACKENDS
+    extra = {"batch_size": exp.batch_size if hf else "auto", "device": _device(exp) if hf else None}
+    if name == "iclvsft-hf":
+        from ..lm_eval_glue import register_backend
+
+        register_backend()
     try:
-        if name == "hf" and adapter:
-            return _merged_hf_lm(exp, args, extra)
+        if hf and adapter:
+            return _merged_hf_lm(name, args, extra)
         return get_model(name).create_from_arg_obj(args, extra)
     except Exception as exc:  # noqa: BLE001 - any failure to load is the user's model, said in one line
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise IclvsftError(f"cannot load model {model_path}{' with adapter ' + adapter if adapter else ''}: {first}") from None
 
 
-def _merged_hf_lm(exp: Experiment, args: dict[str, Any], extra: dict[str, Any]):
+def _merged_hf_lm(name: str, args: dict[str, Any], extra: dict[str, Any]):
     """lm-eval's HF model on the base with the LoRA adapter merged in: the model of
     ``pretrained=BASE,peft=ADAPTER``, without PEFT's per-layer detours at every decode step.
 
@@ -125,7 +142,7 @@ def _merged_hf_lm(exp: Experiment, args: dict[str, Any], extra: dict[str, Any]):
     (measured). Under ``no_grad`` the flag costs nothing, so the merged model gets it back.
     """
     import torch
-    from lm_eval.models.huggingface import HFLM
+    from lm_eval.api.registry import get_model
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -135,7 +152,8 @@ def _merged_hf_lm(exp: Experiment, args: dict[str, Any], extra: dict[str, Any]):
     merged.requires_grad_(True)
     tokenizer = AutoTokenizer.from_pretrained(args["pretrained"])
     options = {k: v for k, v in args.items() if k not in ("pretrained", "peft", "dtype")}
-    return HFLM(pretrained=merged, tokenizer=tokenizer, **options, **{k: v for k, v in extra.items() if v is not None})
+    return get_model(name)(pretrained=merged, tokenizer=tokenizer, **options,
+                           **{k: v for k, v in extra.items() if v is not None})
 
 
 def _prompt_of(sample: dict[str, Any]) -> str:
@@ -146,7 +164,10 @@ def _prompt_of(sample: dict[str, Any]) -> str:
 
 
 def evaluate_cell(lm: Any, task_manager: Any, exp: Experiment, cell: Cell) -> tuple[dict[str, Any], list[dict]]:
-    """Run one cell through lm-eval; returns its record (without key/paths) and per-item predictions."""
+    """Run one cell through lm-eval; returns its record (without key/paths) and per-item predictions.
+
+    ``task_manager`` must carry the cell's demonstrations (``demos``/``draw`` metadata).
+    """
     from lm_eval import simple_evaluate
 
     name, num_fewshot = lm_eval_task(cell.task, cell.split, cell.shots)
@@ -161,6 +182,11 @@ def evaluate_cell(lm: Any, task_manager: Any, exp: Experiment, cell: Cell) -> tu
     predictions = [{"id": s["doc"]["id"], "answer": s["doc"]["answer"], "prediction": s["filtered_resps"][0],
                     "raw": s["resps"][0][0], "correct": bool(s["exact_match"])} for s in samples]
     prompt_tokens = sum(len(lm.tok_encode(_prompt_of(s))) for s in samples)
+    if cell.draw:
+        spec = SplitSpec.from_sizes(cell.task, exp.seed, exp.sizes)
+        demo_ids = fixed_demo_ids(spec, cell.draw, cell.shots)
+        for prediction in predictions:
+            prediction["demo_ids"] = demo_ids
     correct = sum(p["correct"] for p in predictions)
     accuracy = result["results"][name]["exact_match,extract"]
     if abs(accuracy - correct / max(len(predictions), 1)) > 1e-9:
@@ -169,9 +195,12 @@ def evaluate_cell(lm: Any, task_manager: Any, exp: Experiment, cell: Cell) -> tu
 
     low, high = wilson_interval(correct, len(predictions))
     record = {"condition": cell.condition, "task": cell.task, "split": cell.split, "shots": cell.shots,
-              "ft_samples": cell.ft_samples, "draw": 0, "n": len(predictions), "correct": correct,
+              "ft_samples": cell.ft_samples, "draw": cell.draw, "demos": cell.demos, "n": len(predictions),
+              "correct": correct,
               "accuracy": correct / max(len(predictions), 1), "ci_low": low, "ci_high": high,
               "prompt_tokens": prompt_tokens, "wall_time_s": round(wall, 3), "lm_eval_task": name}
+    if cell.draw:
+        record["demo_ids"] = demo_ids
     return record, predictions
 
 
@@ -328,7 +357,8 @@ def run_compare(exp: Experiment, command: Sequence[str] = (),
                "backend": exp.eval_backend, "eval_args": exp.eval_args}
     trainings = _trainings(exp, model_id, out)
 
-    cells = [Cell("icl", t, s, k, 0) for t in exp.tasks for k in exp.shots for s in EVAL_SPLITS]
+    cells = [Cell("icl", t, s, k, 0, draw=d) for t in exp.tasks for k in exp.shots for d in exp.draws_for(k)
+             for s in EVAL_SPLITS]
     for training in trainings:
         cells += [Cell("ft", t, s, 0, n, training) for t in training.tasks for n in exp.ft_samples for s in EVAL_SPLITS]
 
@@ -347,7 +377,15 @@ def run_compare(exp: Experiment, command: Sequence[str] = (),
     logging_flags = {t.name: plan_training(exp, model_path, t) for t in trainings} if any(
         c.condition == "ft" for c in todo) else {}
     threads = _threads(exp)
-    tm = task_manager(seed=exp.seed, **{f"{s}_size": n for s, n in exp.sizes.items()})
+    sizes = {f"{s}_size": n for s, n in exp.sizes.items()}
+    managers: dict[int, Any] = {}
+
+    def manager_for(cell: Cell) -> Any:
+        """One lm-eval TaskManager per demonstration draw (its metadata selects the draw)."""
+        if cell.draw not in managers:
+            demos = {"demos": "fixed", "draw": cell.draw} if cell.draw else {}
+            managers[cell.draw] = task_manager(seed=exp.seed, **sizes, **demos)
+        return managers[cell.draw]
 
     icl_todo = [c for c in todo if c.condition == "icl"]
     lm = load_lm(exp, model_path) if icl_todo else None  # a model that fails to load fails before any bar
@@ -358,14 +396,15 @@ def run_compare(exp: Experiment, command: Sequence[str] = (),
                              file=sys.stderr)
 
     def finish(cell: Cell, lm: Any, extra: dict[str, Any]) -> None:
-        record, predictions = evaluate_cell(lm, tm, exp, cell)
+        record, predictions = evaluate_cell(lm, manager_for(cell), exp, cell)
         record.update({"model": label, "seed": exp.seed, "fingerprint": split_fps[cell.task][cell.split], **extra})
         records[key_of(cell)] = store.put(key_of(cell), record, predictions)
         bar.update(1)
 
     try:
         for cell in icl_todo:
-            bar.set_postfix_str(f"ICL {cell.task} k={cell.shots} {cell.split}")
+            draw = f" draw {cell.draw}" if cell.draw else ""
+            bar.set_postfix_str(f"ICL {cell.task} k={cell.shots}{draw} {cell.split}")
             finish(cell, lm, {"train_tokens": 0})
         del lm
         for training in trainings:
@@ -391,7 +430,8 @@ def run_compare(exp: Experiment, command: Sequence[str] = (),
     current = sorted(records.values(), key=lambda r: r["key"])
     meta = {
         "model": label, "model_path": model_path, "tasks": exp.tasks, "seed": exp.seed,
-        "fewshot_seed": exp.fewshot_seed, "split_sizes": exp.sizes, "split_fingerprints": split_fps,
+        "fewshot_seed": exp.fewshot_seed, "demos": exp.demos, "draws": exp.draws,
+        "split_sizes": exp.sizes, "split_fingerprints": split_fps,
         "shots": exp.shots, "ft_samples": exp.ft_samples, "recipe": exp.recipe, "ft_mode": exp.ft_mode,
         "dtype": exp.dtype, "eval_backend": exp.eval_backend, "device": _device(exp), "torch_threads": threads,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
