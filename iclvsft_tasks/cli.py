@@ -1,6 +1,6 @@
 """``iclvsft``: list the tasks, export their splits, print split fingerprints.
 
-A thin layer: parse, call the library, print. Later issues add ``compare`` and ``models`` here.
+A thin layer: parse, call the library, print. Also ``models``, ``compare`` and ``circuits``.
 """
 
 from __future__ import annotations
@@ -130,6 +130,7 @@ def cmd_compare(args: argparse.Namespace, extra: list[str]) -> int:
         "out": args.out, "dtype": args.dtype, "device": args.device, "batch_size": args.batch_size,
         "eval_backend": args.eval_backend, "eval_args": _parse_eval_args(args.eval_args),
         "demos": args.demos, "draws": args.draws,
+        "circuits": args.circuits, "circuit_items": args.circuit_items,
         "train_args": extra or None,
     }
     if isinstance(overrides["tasks"], str):
@@ -140,6 +141,33 @@ def cmd_compare(args: argparse.Namespace, extra: list[str]) -> int:
     out = Path(experiment.out)
     print(f"\nreport: {out / 'report.md'}\nresults: {out / 'results.json'}  plots: {out / 'plots'}  "
           f"({meta['wall_time_s']:.0f} s)")
+    return 0
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1], got {value}")
+    return value
+
+
+def cmd_circuits(args: argparse.Namespace) -> int:
+    from .circuits import CircuitsConfig, run_circuits
+    from .circuits.report import verdict_lines
+
+    config = CircuitsConfig(
+        model=args.model, task=args.task, shots=args.shots, ft_checkpoint=args.ft_checkpoint, items=args.items,
+        method=args.method, out=args.out, check_items=args.check_items, dtype=args.dtype, device=args.device,
+        seed=args.seed, sizes={s: getattr(args, f"{s}_size") for s in SPLITS}, draw=args.draw,
+        bootstrap=args.bootstrap, top_fraction=args.top_fraction, patch_batch=args.patch_batch)
+    result = run_circuits(config)
+    out = Path(config.out)
+    print("\n".join(verdict_lines(result)))
+    print(f"\nreport: {out / 'report.md'}\nscores: {out / 'circuits.json'}  heatmaps: {out}/*.png  "
+          f"({result['timing']['wall_s']:.0f} s)")
     return 0
 
 
@@ -197,7 +225,37 @@ def build_parser() -> OneLineParser:
                       help="lm-eval model: iclvsft-hf (default: hf that computes a shared prompt prefix once), "
                            "hf, or vllm (prefix caching on)")
     cmp_.add_argument("--eval-args", help="extra model args for the backend, e.g. tensor_parallel_size=2,data_parallel_size=4")
+    cmp_.add_argument("--circuits", action="store_const", const=True, default=None,
+                      help="after the comparison, run the circuit-shift analysis at k* and n* (see `iclvsft circuits`)")
+    cmp_.add_argument("--circuit-items", type=positive_int, help="pairs for --circuits (default 50)")
     cmp_.set_defaults(run=cmd_compare, takes_extra=True)
+
+    circ = sub.add_parser(
+        "circuits", help="which heads and MLPs ICL and fine-tuning change (circuit shift)",
+        description="Score every attention head and MLP by patching clean (pattern) into corrupt "
+                    "(pattern-broken) items, for the base model at 0 and k shots and a fine-tuned checkpoint at "
+                    "0 shots, and measure how far ICL and FT move the importance map from the base's.")
+    circ.add_argument("--model", default="default", help="base model: built-in alias, local directory or hub id")
+    circ.add_argument("--task", required=True, help="task name (see `iclvsft tasks`)")
+    circ.add_argument("--shots", type=positive_int, default=8, help="demonstrations of the ICL condition (default 8)")
+    circ.add_argument("--ft-checkpoint", help="fine-tuned model directory or LoRA adapter directory "
+                                              "(e.g. an iclvsft-train milestone); without it FT is not analysed")
+    circ.add_argument("--items", type=positive_int, default=50, help="clean/corrupt pairs (default 50)")
+    circ.add_argument("--method", choices=("attribution", "activation"), default="attribution",
+                      help="attribution patching (default: one backward pass per pair) or exact activation "
+                           "patching (one forward pass per component; slower)")
+    circ.add_argument("--check-items", type=positive_int, default=3,
+                      help="pairs also scored by the other method, for their Spearman correlation (default 3)")
+    circ.add_argument("--out", default="runs/circuits", help="output folder (default runs/circuits)")
+    circ.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    circ.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    circ.add_argument("--draw", type=positive_int, default=1, help="fixed demonstration set (default 1)")
+    circ.add_argument("--bootstrap", type=positive_int, default=1000, help="bootstrap resamples of the pairs (default 1000)")
+    circ.add_argument("--top-fraction", type=_fraction, default=0.1,
+                      help="share of components in the top-k sets the Jaccard overlap compares (default 0.1, at least 1)")
+    circ.add_argument("--patch-batch", type=positive_int, default=8, help="components per forward pass in activation patching")
+    _add_split_options(circ)
+    circ.set_defaults(run=cmd_circuits)
     return parser
 
 

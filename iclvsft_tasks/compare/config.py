@@ -48,6 +48,8 @@ class Experiment:
     eval_backend: str = "iclvsft-hf"
     eval_args: dict[str, Any] = dataclasses.field(default_factory=dict)  # extra model args, e.g. tensor_parallel_size
     train_args: list[str] = dataclasses.field(default_factory=list)     # extra iclvsft-train / trl sft / accelerate flags
+    circuits: bool = False             # after the comparison, the circuit-shift analysis at k* and n* (iclvsft circuits)
+    circuit_items: int = 50            # its clean/corrupt pairs per task
 
     def __post_init__(self) -> None:
         self.tasks = parse_task_list(",".join(self.tasks) if isinstance(self.tasks, list) else str(self.tasks))
@@ -84,6 +86,10 @@ class Experiment:
         if not isinstance(self.eval_args, dict):
             raise IclvsftError("eval_args must be a mapping of model arguments")
         self.train_args = [str(a) for a in self.train_args]
+        if not isinstance(self.circuits, bool):
+            raise IclvsftError(f"circuits must be true or false, got {self.circuits!r}")
+        if isinstance(self.circuit_items, bool) or not isinstance(self.circuit_items, int) or self.circuit_items < 1:
+            raise IclvsftError(f"circuit_items must be an integer >= 1, got {self.circuit_items!r}")
         # Demonstrations come from train; fine-tuning samples too (per task, or split over the mixture).
         if max(self.shots) > self.train_size:
             raise IclvsftError(f"{max(self.shots)} shots need at least that many train items; train_size is {self.train_size}")

@@ -617,6 +617,14 @@ def write_report(records: Iterable[Mapping[str, Any]], out_dir: str | os.PathLik
     return path
 
 
+def append_section(report_path: str | os.PathLike[str], lines: Sequence[str]) -> Path:
+    """Append Markdown ``lines`` (e.g. the circuit-shift section) to an existing report, atomically."""
+    path = Path(report_path)
+    text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    atomic_write_text(path, text.rstrip("\n") + "\n\n" + "\n".join(lines).rstrip("\n") + "\n")
+    return path
+
+
 # --------------------------------------------------------------------------- terminal
 
 
