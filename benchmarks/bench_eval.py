@@ -1,7 +1,9 @@
 """Evaluation speed of our lm-eval tasks against the authors' loop and the model's forward-pass limit.
 
 On the same items, model, shots, dtype and thread count, measured side by side in one process:
-  ours      lm-eval's `hf` backend (batch 1) on our registered task, as `iclvsft compare` runs it;
+  ours      our registered task through lm-eval, as `iclvsft compare` runs it: by default the
+            `iclvsft-hf` backend on fixed demonstrations (`--backend hf --demos per-item` gives
+            lm-eval's `hf` backend, batch 1, on per-item demonstrations: issue #4's first measurement);
   authors'  the authors' per-item loop: `model.generate(input_ids, max_new_tokens=L)`, batch 1,
             on the very prompts lm-eval built (so both see identical token counts);
   limit     one forward pass per prompt that computes logits only at the last position: the
@@ -9,7 +11,7 @@ On the same items, model, shots, dtype and thread count, measured side by side i
 Targets (issue #4): ours >= 1.0x the authors' loop; ours >= 70% of the limit in prompt tokens/s.
 
     .venv/bin/python benchmarks/bench_eval.py [--model default] [--task expression_pattern] [--shots 8]
-        [--items 100] [--dtype float32]
+        [--items 100] [--dtype float32] [--backend iclvsft-hf|hf] [--demos fixed|per-item]
 """
 
 from __future__ import annotations
@@ -39,21 +41,28 @@ def main() -> None:
     parser.add_argument("--shots", type=int, default=8)
     parser.add_argument("--items", type=int, default=100)
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--backend", default="iclvsft-hf", choices=("iclvsft-hf", "hf"))
+    parser.add_argument("--demos", default="fixed", choices=("fixed", "per-item"))
     parser.add_argument("--repeats", type=int, default=1,
                         help="alternate the three methods this many times and report medians (noisy machines)")
     args = parser.parse_args()
 
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import iclvsft_tasks
     from iclvsft_tasks.compare.run import lm_eval_task
     from iclvsft_tasks.models import model_label, resolve_model
 
+    from iclvsft_tasks.lm_backend import IclvsftHFLM
+
     path = resolve_model(args.model)
-    lm = HFLM(pretrained=path, dtype=args.dtype, device="cpu", batch_size=1)
-    model, tokenizer = lm.model, lm.tokenizer
-    tm = iclvsft_tasks.task_manager(test_size=max(args.items, 1))
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, args.dtype)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    backend = IclvsftHFLM if args.backend == "iclvsft-hf" else HFLM
+    lm = backend(pretrained=model, tokenizer=tokenizer, device="cpu", batch_size=1)
+    tm = iclvsft_tasks.task_manager(test_size=max(args.items, 1), demos=args.demos)
     name, num_fewshot = lm_eval_task(args.task, "test", args.shots)
 
     # Warm-up outside the timings (first calls allocate and compile kernels).
@@ -96,13 +105,14 @@ def main() -> None:
     n = len(prompts)
     print(f"# evaluation benchmark, {datetime.date.today()}, {platform.machine()}, {os.cpu_count()} cores, "
           f"torch threads {torch.get_num_threads()}, load average {load:.2f}")
-    print(f"\nModel {model_label(args.model)} ({args.dtype}), task {name}, {n} test items at {args.shots} shots, "
+    print(f"\nModel {model_label(args.model)} ({args.dtype}), ours = `{args.backend}` with {args.demos} demonstrations, "
+          f"task {name}, {n} test items at {args.shots} shots, "
           f"{prompt_tokens / n:.0f} prompt tokens per item; ours generated {generated_ours / n:.1f} tokens per item "
           f"(stop at newline), the authors' loop {new_tokens}. Medians of {max(1, args.repeats)} alternating runs "
           f"(seconds: {', '.join(f'{k} {[round(t, 1) for t in v]}' for k, v in timings.items())}).\n")
     print("| method | wall s | items/s | prompt tokens/s | vs authors' loop | vs forward limit |")
     print("|---|---:|---:|---:|---:|---:|")
-    for label, seconds in (("ours: lm-eval hf backend, batch 1", ours_s),
+    for label, seconds in ((f"ours: lm-eval, `{args.backend}` backend", ours_s),
                            (f"authors' loop: generate(max_new_tokens={new_tokens}), batch 1", authors_s),
                            ("forward-pass limit: one pass, last-position logits", limit_s)):
         print(f"| {label} | {seconds:.1f} | {n / seconds:.2f} | {prompt_tokens / seconds:.0f} | "
