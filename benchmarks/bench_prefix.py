@@ -10,7 +10,7 @@ Reports wall time, prompt tokens computed, the speed-up, whether every predictio
 and our tokens of new text per second against the limit's.
 
     .venv/bin/python benchmarks/bench_prefix.py [--model default] [--tasks expression_pattern,relation_pattern]
-        [--shots 8,16] [--items 100] [--dtype float32]
+        [--shots 8,16] [--items 100] [--dtype float32] [--mc]
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=100)
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--draw", type=int, default=1)
+    parser.add_argument("--mc", action="store_true",
+                        help="the multiple-choice variants instead (loglikelihood requests; binary tasks only)")
     args = parser.parse_args()
 
     from lm_eval import simple_evaluate
@@ -64,6 +66,8 @@ def main() -> None:
 
     tasks = args.tasks.split(",")
     shots = [int(k) for k in args.shots.split(",")]
+    if args.mc:
+        return loglikelihood_rows(args, tasks, shots, hf, ours, evaluate)
     warm = lm_eval_task(tasks[0], "test", shots[0])[0]
     evaluate(hf, warm, limit=2)  # first calls allocate and pick kernels: keep them out of the timings
     evaluate(ours, warm, limit=2)
@@ -107,6 +111,30 @@ def main() -> None:
               f"{r['hf_s'] / r['ours_s']:.1f}× | {hf_tokens:,} → {r['computed']:,} | {r['identical']}/{n} | "
               f"{r['acc_hf']:.2f} / {r['acc_ours']:.2f} | {r['computed'] / r['ours_s']:.0f} | "
               f"{r['computed'] / r['limit_s']:.0f} | {r['limit_s'] / r['ours_s']:.0%} |")
+
+
+def loglikelihood_rows(args, tasks, shots, hf, ours, evaluate) -> None:
+    """hf vs ours on the multiple-choice variants: wall time and the largest log-likelihood difference."""
+    from iclvsft_tasks.lm_eval_configs import variant_name
+
+    evaluate(hf, variant_name(tasks[0], mc=True, shots=shots[0]), limit=2)
+    evaluate(ours, variant_name(tasks[0], mc=True, shots=shots[0]), limit=2)
+    print("| task | requests | hf s | ours s | speed-up | largest abs. log-likelihood difference | same is_greedy | same accuracy |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for task in tasks:
+        for k in shots:
+            name = variant_name(task, mc=True, shots=k)
+            hf_s, hf_res = evaluate(hf, name)
+            ours.clear_prefix_cache()
+            ours_s, our_res = evaluate(ours, name)
+            pairs = [(a, b) for sa, sb in zip(sorted(hf_res["samples"][name], key=lambda s: s["doc_id"]),
+                                              sorted(our_res["samples"][name], key=lambda s: s["doc_id"]))
+                     for a, b in zip(sa["resps"], sb["resps"])]
+            worst = max(abs(float(a[0][0]) - float(b[0][0])) for a, b in pairs)
+            greedy = sum(a[0][1] == b[0][1] for a, b in pairs)
+            acc = hf_res["results"][name]["acc,none"], our_res["results"][name]["acc,none"]
+            print(f"| `{name}` | {len(pairs)} | {hf_s:.1f} | {ours_s:.1f} | {hf_s / ours_s:.1f}× | {worst:.1e} | "
+                  f"{greedy}/{len(pairs)} | {acc[0]:.2f} / {acc[1]:.2f} |", flush=True)
 
 
 def bare_loop(model, ids: list[torch.Tensor], generated: int) -> float:
