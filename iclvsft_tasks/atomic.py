@@ -54,6 +54,17 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
         handle.write(text)
 
 
+def save_figure(fig: object, path: str | os.PathLike[str], dpi: int) -> Path:
+    """A matplotlib figure as a PNG, rendered in memory first so a failed render writes nothing."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)  # type: ignore[attr-defined]
+    with atomic_open(path, "wb") as handle:
+        handle.write(buf.getvalue())
+    return Path(path)
+
+
 def atomic_write_dir(path: str | os.PathLike[str], fill: Callable[[Path], None]) -> None:
     """Let ``fill`` populate a temporary sibling directory, then move it to ``path``.
 
@@ -82,3 +93,17 @@ def atomic_write_dir(path: str | os.PathLike[str], fill: Callable[[Path], None])
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def ensure_output_dir(path: str | os.PathLike[str], flag: str = "--out") -> Path:
+    """Create ``path`` as a writable folder, or one clear error naming ``flag``."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise IclvsftError(f"{flag} {out} exists and is not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise IclvsftError(f"cannot create {flag} {out}: {exc.strerror}") from None
+    if not os.access(out, os.W_OK):
+        raise IclvsftError(f"{flag} {out} is not writable")
+    return out

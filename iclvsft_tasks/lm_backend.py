@@ -85,6 +85,8 @@ from lm_eval.models.huggingface import HFLM
 from lm_eval.models.utils import normalize_gen_kwargs
 from tqdm import tqdm
 
+from .kvcache import cache_keyword, output_cache, resumable
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
@@ -239,8 +241,7 @@ class IclvsftHFLM(HFLM):
             return self._disable("prompt-learning PEFT adapter")
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         params = inspect.signature(base.forward).parameters
-        # transformers 5 renamed ``past_key_values`` to ``cache`` (the old name is deprecated).
-        self._cache_kw = next((k for k in ("cache", "past_key_values") if k in params), None)
+        self._cache_kw = cache_keyword(base)
         if self._cache_kw is None:
             return self._disable(f"{type(base).__name__}.forward takes no cache")
         self._keep_kw = next((k for k in ("logits_to_keep", "num_logits_to_keep") if k in params), None)
@@ -249,21 +250,6 @@ class IclvsftHFLM(HFLM):
             # generate() refuses a user cache together with cache_implementation.
             return self._disable(f"generation_config.cache_implementation={gen_config.cache_implementation!r}")
         return None
-
-    @staticmethod
-    def _cache_supported(cache: Any) -> bool:
-        """Only caches whose ``update`` concatenates (never writes in place) and that resume exactly."""
-        try:
-            from transformers.cache_utils import (
-                DynamicCache,
-                DynamicLayer,
-                DynamicSlidingWindowLayer,
-            )
-        except ImportError:  # older transformers: a different cache API
-            return False
-        layers = getattr(cache, "layers", None)
-        return (type(cache) is DynamicCache and bool(layers)
-                and all(type(layer) in (DynamicLayer, DynamicSlidingWindowLayer) for layer in layers))
 
     # ----- model calls -----
 
@@ -277,10 +263,7 @@ class IclvsftHFLM(HFLM):
             kwargs[self._keep_kw] = keep  # skip the LM head (and its memory) at positions we never read
         with torch.no_grad(), self._autocast():
             out = self.model(**kwargs)
-        new_cache = out.get("cache", None)
-        if new_cache is None:
-            new_cache = out.get("past_key_values", None)
-        return out.logits[0, -keep:], new_cache
+        return out.logits[0, -keep:], output_cache(out)
 
     def _prefix_cache(self, prefix: tuple[int, ...]) -> Any | None:
         """The KV cache of ``prefix`` (from the LRU or computed now); None if this model's cache is unsupported."""
@@ -292,7 +275,7 @@ class IclvsftHFLM(HFLM):
         self.stats["prefix_misses"] += 1
         self.stats["prefix_tokens"] += len(prefix)
         _, cache = self._forward(prefix, None, keep=1)
-        if not self._cache_supported(cache):
+        if not resumable(cache):
             self._disable(f"unsupported cache type {type(cache).__name__}")
             return None
         nbytes = _cache_nbytes(cache)

@@ -30,13 +30,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import inspect
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
 from ..errors import IclvsftError
+from ..kvcache import cache_keyword, output_cache, resumable
 from .pairs import Pair
 
 
@@ -153,27 +153,6 @@ class Prefix:
     cache: Any
 
 
-def _cache_kw(model: Any) -> str | None:
-    params = inspect.signature(model.forward).parameters
-    # transformers 5 renamed ``past_key_values`` to ``cache`` (the old name is deprecated).
-    return next((k for k in ("cache", "past_key_values") if k in params), None)
-
-
-def _cache_supported(cache: Any) -> bool:
-    """Caches that grow by concatenation and resume exactly (as in ``lm_backend``)."""
-    try:
-        from transformers.cache_utils import (
-            DynamicCache,
-            DynamicLayer,
-            DynamicSlidingWindowLayer,
-        )
-    except ImportError:
-        return False
-    layers = getattr(cache, "layers", None)
-    return (type(cache) is DynamicCache and bool(layers)
-            and all(type(layer) in (DynamicLayer, DynamicSlidingWindowLayer) for layer in layers))
-
-
 def _forward(model: Any, ids: Sequence[int], prefix: Prefix | None, rows: int = 1, embeds: Any = None) -> Any:
     """The model's output on ``ids`` (``rows`` copies; or on ``embeds``) after ``prefix``'s cache."""
     kwargs: dict[str, Any] = {"use_cache": prefix is not None, "logits_to_keep": 1}
@@ -185,7 +164,7 @@ def _forward(model: Any, ids: Sequence[int], prefix: Prefix | None, rows: int = 
         cache = copy.deepcopy(prefix.cache)
         if rows > 1:
             cache.batch_repeat_interleave(rows)
-        kwargs[_cache_kw(model)] = cache
+        kwargs[cache_keyword(model)] = cache
     return model(**kwargs)
 
 
@@ -194,7 +173,7 @@ def prefix_cache(model: Any, ids: Sequence[int], base: Prefix | None = None) -> 
     import torch
 
     ids = tuple(int(t) for t in ids)
-    if not ids or _cache_kw(model) is None:
+    if not ids or cache_keyword(model) is None:
         return None
     if base is not None and ids[:len(base.ids)] == base.ids:
         if len(ids) == len(base.ids):
@@ -206,10 +185,8 @@ def prefix_cache(model: Any, ids: Sequence[int], base: Prefix | None = None) -> 
     with torch.no_grad():
         out = _forward(model, rest, start) if start else model(input_ids=_ids(model, rest), use_cache=True,
                                                                  logits_to_keep=1)
-    cache = out.get("cache", None)
-    if cache is None:
-        cache = out.get("past_key_values", None)
-    return Prefix(ids, cache) if _cache_supported(cache) else None
+    cache = output_cache(out)
+    return Prefix(ids, cache) if resumable(cache) else None
 
 
 def shared_length(sequences: Sequence[Sequence[int]]) -> int:

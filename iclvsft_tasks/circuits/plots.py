@@ -5,13 +5,12 @@ Matplotlib's object API (no pyplot: no global backend, no figure registry), writ
 
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_open
+from ..atomic import save_figure
 
 
 def plot_map(heads: np.ndarray, mlps: np.ndarray, path: str | os.PathLike[str], title: str,
@@ -44,9 +43,4 @@ def plot_map(heads: np.ndarray, mlps: np.ndarray, path: str | os.PathLike[str], 
     ax_h.set_ylabel("layer")
     ax_m.set_xticks([])
     fig.suptitle(title, fontsize=10)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    path = Path(path)
-    with atomic_open(path, "wb") as handle:
-        handle.write(buf.getvalue())
-    return path
+    return save_figure(fig, path, dpi=100)

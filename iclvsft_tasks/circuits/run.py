@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ..atomic import atomic_write_text
+from ..atomic import atomic_write_text, ensure_output_dir
 from ..errors import IclvsftError
 from ..registry import get_task
 from ..splits import SplitSpec
@@ -229,17 +229,6 @@ def score_condition(model: Any, pairs: list[Pair], method: str, check_items: int
 # --------------------------------------------------------------------------- the run
 
 
-def _prepare_out(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise IclvsftError(f"--out {out} exists and is not a directory")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise IclvsftError(f"cannot create --out {out}: {exc.strerror}") from None
-    if not os.access(out, os.W_OK):
-        raise IclvsftError(f"--out {out} is not writable")
-
-
 def _device(device: str | None) -> str:
     if device:
         return device
@@ -291,7 +280,7 @@ def run_circuits(config: CircuitsConfig, reuse: bool = False) -> dict[str, Any]:
 
     started = time.perf_counter()
     out = Path(config.out)
-    _prepare_out(out)
+    ensure_output_dir(out)
     ft = None
     if config.ft_checkpoint is not None:
         ft = {"path": str(Path(config.ft_checkpoint).resolve()), "kind": checkpoint_kind(config.ft_checkpoint)}

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..atomic import atomic_open, atomic_write_text
+from ..atomic import atomic_write_text, save_figure
 from .stats import McNemarResult, paired_sign_flip, wilson_interval
 
 Record = dict[str, Any]
@@ -287,12 +287,7 @@ def plot_task(records: Iterable[Mapping[str, Any]], task: str, model: str,
     if handles:
         fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=min(len(handles), 5),
                    fontsize=8, frameon=False)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    path = Path(path)
-    with atomic_open(path, "wb") as handle:
-        handle.write(buf.getvalue())
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 # --------------------------------------------------------------------------- paired comparison

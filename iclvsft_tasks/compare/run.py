@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..atomic import atomic_open, atomic_write_text
+from ..atomic import atomic_open, atomic_write_text, ensure_output_dir
 from ..cliutil import default_threads
 from ..demos import fixed_demo_ids
 from ..errors import IclvsftError
@@ -399,15 +399,7 @@ def run_compare(exp: Experiment, command: Sequence[str] = (),
     from . import report
 
     started = time.perf_counter()
-    out = Path(exp.out)
-    if out.exists() and not out.is_dir():
-        raise IclvsftError(f"--out {out} exists and is not a directory")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise IclvsftError(f"cannot create --out {out}: {exc.strerror}") from None
-    if not os.access(out, os.W_OK):
-        raise IclvsftError(f"--out {out} is not writable")
+    out = ensure_output_dir(exp.out)
 
     model_path = resolve_model(exp.model)  # one float32 cache; lm-eval and TRL cast to exp.dtype on load
     label = model_label(exp.model)
