@@ -39,6 +39,27 @@ def default_threads() -> int:
     return max(1, cores - 1)
 
 
+def resolve_device(device: str | None) -> str:
+    """The device asked for, else cuda when available, else cpu."""
+    if device:
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def pin_cpu_threads(device: str) -> int | None:
+    """On CPU, set torch's threads to ``default_threads()`` unless ``OMP_NUM_THREADS`` says otherwise;
+    returns the thread count (None on an accelerator)."""
+    if device != "cpu":
+        return None
+    import torch
+
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(default_threads())
+    return torch.get_num_threads()
+
+
 def add_split_size_flags(parser: argparse.ArgumentParser, defaults: dict[str, int] | None, note: str) -> None:
     """``--test-size --test-broken-size --validation-size --train-size`` (dest ``<split>_size``).
 

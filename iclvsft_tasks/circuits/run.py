@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..atomic import atomic_write_text, ensure_output_dir
+from ..cliutil import pin_cpu_threads, resolve_device
 from ..errors import IclvsftError
 from ..registry import get_task
 from ..splits import SplitSpec
@@ -229,32 +230,12 @@ def score_condition(model: Any, pairs: list[Pair], method: str, check_items: int
 # --------------------------------------------------------------------------- the run
 
 
-def _device(device: str | None) -> str:
-    if device:
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _threads(device: str) -> int | None:
-    if device != "cpu":
-        return None
-    import torch
-
-    from ..cliutil import default_threads
-
-    if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(default_threads())
-    return torch.get_num_threads()
-
-
 def settings_of(config: CircuitsConfig, model_path: str, ft: dict[str, str] | None) -> dict[str, Any]:
     """What determines the result (compared by ``reuse``)."""
     keep = ("model", "task", "shots", "items", "method", "check_items", "dtype", "seed", "sizes", "draw",
             "bootstrap", "top_fraction", "level")
     return {**{k: getattr(config, k) for k in keep}, "model_path": model_path,
-            "ft_checkpoint": ft["path"] if ft else None, "device": _device(config.device)}
+            "ft_checkpoint": ft["path"] if ft else None, "device": resolve_device(config.device)}
 
 
 def _previous(out: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
@@ -299,8 +280,8 @@ def run_circuits(config: CircuitsConfig, reuse: bool = False) -> dict[str, Any]:
         raise IclvsftError(f"cannot load the tokenizer of {model_path}: {_one_line(exc)}") from None
     shot_counts = [0, config.shots] if config.shots else [0]
     pairs = make_pairs(config.task, tokenizer, shot_counts, config.items, config.seed, config.sizes, config.draw)
-    device = _device(config.device)
-    threads = _threads(device)
+    device = resolve_device(config.device)
+    threads = pin_cpu_threads(device)
     notes = []
     if not config.shots:
         notes.append("k = 0: the ICL condition would be the base condition itself, so ICL is not analysed")

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_open, atomic_write_text, ensure_output_dir
-from ..cliutil import default_threads
+from ..cliutil import pin_cpu_threads, resolve_device
 from ..demos import fixed_demo_ids
 from ..errors import IclvsftError
 from ..lm_eval_configs import SHOTS, variant_name
@@ -106,11 +106,7 @@ def lm_spec(exp: Experiment, model_path: str, adapter: str | None = None) -> tup
 
 
 def _device(exp: Experiment) -> str:
-    if exp.device:
-        return exp.device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return resolve_device(exp.device)
 
 
 def load_lm(exp: Experiment, model_path: str, adapter: str | None = None):
@@ -321,17 +317,6 @@ def milestone_tokens(manifest: dict[str, Any], samples: int) -> int:
     return int(float(logged[-1]["num_tokens"])) if logged else 0
 
 
-def _threads(exp: Experiment) -> int | None:
-    """On CPU pin torch threads deliberately (2 busy cores ran 6-30x slower with 2 threads than 1)."""
-    if _device(exp) != "cpu":
-        return None
-    import torch
-
-    if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(default_threads())
-    return torch.get_num_threads()
-
-
 def run_circuit_analyses(exp: Experiment, records: Sequence[dict[str, Any]], out: Path,
                          label: str) -> tuple[list[str], dict[str, Any]]:
     """The circuit-shift analysis of each task at the validation-chosen k* and n*.
@@ -428,7 +413,7 @@ def run_compare(exp: Experiment, command: Sequence[str] = (),
             todo.append(cell)
     logging_flags = {t.name: plan_training(exp, model_path, t) for t in trainings} if any(
         c.condition == "ft" for c in todo) else {}
-    threads = _threads(exp)
+    threads = pin_cpu_threads(_device(exp))  # 2 busy cores ran 6-30x slower with 2 threads than 1
     sizes = {f"{s}_size": n for s, n in exp.sizes.items()}
     managers: dict[int, Any] = {}
 
