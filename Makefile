@@ -9,7 +9,7 @@ STAMP      := $(VENV)/.iclvsft-installed
 # Tests and benchmarks run offline on one thread (two torch threads on two busy cores ran 6-30x slower).
 RUNENV     := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: install install-demo test demo configs bench clean
+.PHONY: install install-demo test lint format demo configs bench clean
 
 install: $(STAMP)
 
@@ -33,8 +33,17 @@ demo: install-demo
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false \
 	  $(VENV)/bin/iclvsft compare --config demo $(DEMO_ARGS)
 
-test: install
+# Lint and format check first (seconds), then the suite.
+test: install lint
 	$(RUNENV) $(PY) -m pytest -q tests
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 # Regenerate task_configs/ from the registry and prompt constants (a test checks they agree).
 configs: install

@@ -24,6 +24,7 @@ loading, and peak near 2.8 GB (ru_maxrss; the float32 model is 1.1 GB). ``--meth
 all 50 pairs would take about 25 minutes.
 """
 
+# ruff: noqa: E402 - the environment must be set before torch and transformers are imported
 from __future__ import annotations
 
 import os
@@ -48,8 +49,12 @@ def main() -> int:
     parser.add_argument("--task", default="expression_pattern")
     parser.add_argument("--shots", type=int, default=8)
     parser.add_argument("--items", type=int, default=50)
-    parser.add_argument("--activation-items", type=int, default=3, help="pairs per condition also scored by "
-                        "exact activation patching (default 3)")
+    parser.add_argument(
+        "--activation-items",
+        type=int,
+        default=3,
+        help="pairs per condition also scored by exact activation patching (default 3)",
+    )
     parser.add_argument("--ft-checkpoint", help="fine-tuned checkpoint (default: the base model itself)")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--out", help="output folder (default: a temporary one)")
@@ -57,15 +62,22 @@ def main() -> int:
 
     import torch
 
-    from iclvsft_tasks.circuits import CircuitsConfig, run_circuits
-    from iclvsft_tasks.models import resolve_model
+    from iclvsft.circuits import CircuitsConfig, run_circuits
+    from iclvsft.models import resolve_model
 
     model_path = resolve_model(args.model)
     with tempfile.TemporaryDirectory(prefix="bench-circuits-") as tmp:
-        config = CircuitsConfig(model=args.model, task=args.task, shots=args.shots,
-                                ft_checkpoint=args.ft_checkpoint or model_path, items=args.items,
-                                check_items=args.activation_items, out=args.out or tmp, dtype=args.dtype,
-                                device="cpu")
+        config = CircuitsConfig(
+            model=args.model,
+            task=args.task,
+            shots=args.shots,
+            ft_checkpoint=args.ft_checkpoint or model_path,
+            items=args.items,
+            check_items=args.activation_items,
+            out=args.out or tmp,
+            dtype=args.dtype,
+            device="cpu",
+        )
         start = time.perf_counter()
         result = run_circuits(config)
         wall = time.perf_counter() - start
@@ -75,29 +87,42 @@ def main() -> int:
 
     arch = result["architecture"]
     print("## Circuit-shift analysis (`iclvsft circuits`)\n")
-    print(f"`benchmarks/bench_circuits.py`. {datetime.date.today().isoformat()}, {platform.machine()}, "
-          f"{os.cpu_count()} cores, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')} (torch threads "
-          f"{torch.get_num_threads()}), Python {platform.python_version()}, torch {torch.__version__}, "
-          f"transformers {transformers.__version__}; load average at end {os.getloadavg()[0]:.2f}.\n")
-    print(f"Model {result['model']} ({arch['model_type']}, {arch['layers']} layers x {arch['heads']} heads, "
-          f"head_dim {arch['head_dim']}), {args.dtype}; task {args.task}, {args.shots} shots, "
-          f"{len(result['pairs'])} pairs; FT checkpoint: {args.ft_checkpoint or 'the base model itself'}.\n")
-    print("| condition | prompt tokens (mean) | attribution s/pair | activation s/pair | activation / attribution | "
-          "pairs checked | Spearman (heads / MLPs) | condition wall s |")
+    print(
+        f"`benchmarks/bench_circuits.py`. {datetime.date.today().isoformat()}, {platform.machine()}, "
+        f"{os.cpu_count()} cores, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')} (torch threads "
+        f"{torch.get_num_threads()}), Python {platform.python_version()}, torch {torch.__version__}, "
+        f"transformers {transformers.__version__}; load average at end {os.getloadavg()[0]:.2f}.\n"
+    )
+    print(
+        f"Model {result['model']} ({arch['model_type']}, {arch['layers']} layers x {arch['heads']} heads, "
+        f"head_dim {arch['head_dim']}), {args.dtype}; task {args.task}, {args.shots} shots, "
+        f"{len(result['pairs'])} pairs; FT checkpoint: {args.ft_checkpoint or 'the base model itself'}.\n"
+    )
+    print(
+        "| condition | prompt tokens (mean) | attribution s/pair | activation s/pair | activation / attribution | "
+        "pairs checked | Spearman (heads / MLPs) | condition wall s |"
+    )
     print("|---|---:|---:|---:|---:|---:|---|---:|")
     for name, c in result["conditions"].items():
         tokens = sum(p["tokens"][str(c["shots"])] for p in result["pairs"]) / len(result["pairs"])
         t = c["timing"]
         act = t.get("activation_s_per_pair")
         ratio = f"{act / t['attribution_s_per_pair']:.1f}x" if act else "–"
-        rho = (c["check"].get("spearman") or {})
-        fmt = lambda v: "–" if v is None else f"{v:.2f}"
-        print(f"| {name} ({c['label']}) | {tokens:.0f} | {t['attribution_s_per_pair']:.2f} | "
-              f"{'–' if act is None else f'{act:.2f}'} | {ratio} | {c['check']['pairs']} | "
-              f"{fmt(rho.get('heads'))} / {fmt(rho.get('mlps'))} | {t['wall_s']:.1f} |")
+        rho = c["check"].get("spearman") or {}
+
+        def fmt(v: float | None) -> str:
+            return "–" if v is None else f"{v:.2f}"
+
+        print(
+            f"| {name} ({c['label']}) | {tokens:.0f} | {t['attribution_s_per_pair']:.2f} | "
+            f"{'–' if act is None else f'{act:.2f}'} | {ratio} | {c['check']['pairs']} | "
+            f"{fmt(rho.get('heads'))} / {fmt(rho.get('mlps'))} | {t['wall_s']:.1f} |"
+        )
     timing = result["timing"]
-    print(f"\nWall time {wall:.1f} s (model loads: base {timing.get('load_base_s', 0):.1f} s, FT "
-          f"{timing.get('load_ft_s', 0):.1f} s); peak memory (ru_maxrss) {peak_mb:,.0f} MB.")
+    print(
+        f"\nWall time {wall:.1f} s (model loads: base {timing.get('load_base_s', 0):.1f} s, FT "
+        f"{timing.get('load_ft_s', 0):.1f} s); peak memory (ru_maxrss) {peak_mb:,.0f} MB."
+    )
     print(f"Verdicts: heads — {result['verdict']['heads']}; MLPs — {result['verdict']['mlps']}.")
     return 0
 

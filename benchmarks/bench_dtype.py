@@ -11,6 +11,7 @@ Two parts, both on the default model with one torch thread:
     .venv/bin/python benchmarks/bench_dtype.py --runs runs/dtype-float32 runs/dtype-bfloat16 [--items 100]
 """
 
+# ruff: noqa: E402 - the environment must be set before torch and transformers are imported
 from __future__ import annotations
 
 import os
@@ -19,11 +20,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 for _key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
     os.environ.setdefault(_key, "1")
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
 
 
 def summarize_runs(dirs: list[Path]) -> None:
@@ -51,9 +52,11 @@ def summarize_runs(dirs: list[Path]) -> None:
         agree, total = agree + same, total + len(pa)
         diffs.append(b["accuracy"] - a["accuracy"])
         print(f"| {' '.join(map(str, key))} | {a['accuracy']:.3f} | {b['accuracy']:.3f} | {same}/{len(pa)} |")
-    print(f"\nall cells: {agree}/{total} predictions identical ({agree / total:.1%}); accuracy difference "
-          f"{meta_b['dtype']} − {meta_a['dtype']}: mean {statistics.fmean(diffs):+.3f}, "
-          f"range {min(diffs):+.3f} … {max(diffs):+.3f} over {len(diffs)} cells")
+    print(
+        f"\nall cells: {agree}/{total} predictions identical ({agree / total:.1%}); accuracy difference "
+        f"{meta_b['dtype']} − {meta_a['dtype']}: mean {statistics.fmean(diffs):+.3f}, "
+        f"range {min(diffs):+.3f} … {max(diffs):+.3f} over {len(diffs)} cells"
+    )
 
 
 def _cell(r: dict) -> tuple:
@@ -69,8 +72,8 @@ def loglikelihoods(items: int) -> None:
     from lm_eval.api.instance import Instance
 
     import iclvsft_tasks
-    from iclvsft_tasks.lm_backend import IclvsftHFLM
-    from iclvsft_tasks.models import resolve_model
+    from iclvsft.models import resolve_model
+    from iclvsft_tasks.backend.hflm import IclvsftHFLM
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     path = resolve_model("default")
@@ -93,21 +96,27 @@ def loglikelihoods(items: int) -> None:
         results[dtype] = ([lp for lp, _ in out], time.perf_counter() - start)
         del lm
     (lp32, t32), (lp16, t16) = results["float32"], results["bfloat16"]
-    print(f"\nlog-likelihoods of {len(requests)} answers (expression gold; parity even and odd), 8 shots, "
-          f"{items} test items per task: float32 {t32:.1f} s, bfloat16 {t16:.1f} s ({t32 / t16:.1f}x)")
+    print(
+        f"\nlog-likelihoods of {len(requests)} answers (expression gold; parity even and odd), 8 shots, "
+        f"{items} test items per task: float32 {t32:.1f} s, bfloat16 {t16:.1f} s ({t32 / t16:.1f}x)"
+    )
     for task in ("expression_pattern", "parity_pattern"):
         idx = [i for i, r in enumerate(requests) if r[0] == task]
         diffs = [abs(lp16[i] - lp32[i]) for i in idx]
-        print(f"- {task}: |Δ log p| mean {statistics.fmean(diffs):.3f}, median {statistics.median(diffs):.3f}, "
-              f"max {max(diffs):.3f} nats (float32 mean log p {statistics.fmean(lp32[i] for i in idx):.3f})")
+        print(
+            f"- {task}: |Δ log p| mean {statistics.fmean(diffs):.3f}, median {statistics.median(diffs):.3f}, "
+            f"max {max(diffs):.3f} nats (float32 mean log p {statistics.fmean(lp32[i] for i in idx):.3f})"
+        )
     by_item: dict[str, dict[str, list[float]]] = {}
-    for i, (task, item, choice, *_rest) in enumerate(requests):
+    for i, (task, item, _choice, *_rest) in enumerate(requests):
         if task == "parity_pattern":
             by_item.setdefault(item, {"float32": [], "bfloat16": []})
             by_item[item]["float32"].append(lp32[i])
             by_item[item]["bfloat16"].append(lp16[i])
-    flips = sum(max(range(2), key=v["float32"].__getitem__) != max(range(2), key=v["bfloat16"].__getitem__)
-                for v in by_item.values())
+    flips = sum(
+        max(range(2), key=v["float32"].__getitem__) != max(range(2), key=v["bfloat16"].__getitem__)
+        for v in by_item.values()
+    )
     print(f"- parity_pattern: the preferred answer (even/odd) changes on {flips}/{len(by_item)} items")
 
 

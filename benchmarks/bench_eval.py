@@ -14,6 +14,7 @@ Targets (issue #4): ours >= 1.0x the authors' loop; ours >= 70% of the limit in 
         [--items 100] [--dtype float32] [--backend iclvsft-hf|hf] [--demos fixed|per-item]
 """
 
+# ruff: noqa: E402 - the environment must be set before torch and transformers are imported
 from __future__ import annotations
 
 import os
@@ -22,13 +23,13 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch: 2 threads on 2 bu
 for _key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
     os.environ.setdefault(_key, "1")
 
-import argparse  # noqa: E402
-import datetime  # noqa: E402
-import platform  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
+import argparse
+import datetime
+import platform
+import statistics
+import time
 
-import torch  # noqa: E402
+import torch
 
 # Authors' max_new_tokens per task (their test.py); unknown tasks get ours.
 AUTHORS_NEW_TOKENS = {"expression_pattern": 3, "code_pattern": 2, "relation_pattern": 2, "boolean_pattern": 1}
@@ -43,8 +44,12 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--backend", default="iclvsft-hf", choices=("iclvsft-hf", "hf"))
     parser.add_argument("--demos", default="fixed", choices=("fixed", "per-item"))
-    parser.add_argument("--repeats", type=int, default=1,
-                        help="alternate the three methods this many times and report medians (noisy machines)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="alternate the three methods this many times and report medians (noisy machines)",
+    )
     args = parser.parse_args()
 
     from lm_eval import simple_evaluate
@@ -52,10 +57,9 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import iclvsft_tasks
-    from iclvsft_tasks.compare.run import lm_eval_task
-    from iclvsft_tasks.models import model_label, resolve_model
-
-    from iclvsft_tasks.lm_backend import IclvsftHFLM
+    from iclvsft.compare.run import lm_eval_task
+    from iclvsft.models import model_label, resolve_model
+    from iclvsft_tasks.backend.hflm import IclvsftHFLM
 
     path = resolve_model(args.model)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, args.dtype)).eval()
@@ -66,12 +70,21 @@ def main() -> None:
     name, num_fewshot = lm_eval_task(args.task, "test", args.shots)
 
     # Warm-up outside the timings (first calls allocate and compile kernels).
-    simple_evaluate(model=lm, tasks=[name], task_manager=tm, num_fewshot=num_fewshot, limit=2,
-                    bootstrap_iters=0, verbosity="ERROR")
+    simple_evaluate(
+        model=lm, tasks=[name], task_manager=tm, num_fewshot=num_fewshot, limit=2, bootstrap_iters=0, verbosity="ERROR"
+    )
 
     def run_ours():
-        return simple_evaluate(model=lm, tasks=[name], task_manager=tm, num_fewshot=num_fewshot, limit=args.items,
-                               log_samples=True, bootstrap_iters=0, verbosity="ERROR")
+        return simple_evaluate(
+            model=lm,
+            tasks=[name],
+            task_manager=tm,
+            num_fewshot=num_fewshot,
+            limit=args.items,
+            log_samples=True,
+            bootstrap_iters=0,
+            verbosity="ERROR",
+        )
 
     result = run_ours()  # also yields the prompts the other two methods reuse
     samples = result["samples"][name]
@@ -84,9 +97,10 @@ def main() -> None:
     def run_authors():
         with torch.inference_mode():
             for ids in encoded:
-                out = model.generate(ids, max_new_tokens=new_tokens, do_sample=False,
-                                     pad_token_id=tokenizer.eos_token_id)
-                tokenizer.decode(out[0, ids.shape[1]:])
+                out = model.generate(
+                    ids, max_new_tokens=new_tokens, do_sample=False, pad_token_id=tokenizer.eos_token_id
+                )
+                tokenizer.decode(out[0, ids.shape[1] :])
 
     def run_limit():
         with torch.inference_mode():
@@ -103,20 +117,28 @@ def main() -> None:
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     n = len(prompts)
-    print(f"# evaluation benchmark, {datetime.date.today()}, {platform.machine()}, {os.cpu_count()} cores, "
-          f"torch threads {torch.get_num_threads()}, load average {load:.2f}")
-    print(f"\nModel {model_label(args.model)} ({args.dtype}), ours = `{args.backend}` with {args.demos} demonstrations, "
-          f"task {name}, {n} test items at {args.shots} shots, "
-          f"{prompt_tokens / n:.0f} prompt tokens per item; ours generated {generated_ours / n:.1f} tokens per item "
-          f"(stop at newline), the authors' loop {new_tokens}. Medians of {max(1, args.repeats)} alternating runs "
-          f"(seconds: {', '.join(f'{k} {[round(t, 1) for t in v]}' for k, v in timings.items())}).\n")
+    print(
+        f"# evaluation benchmark, {datetime.date.today()}, {platform.machine()}, {os.cpu_count()} cores, "
+        f"torch threads {torch.get_num_threads()}, load average {load:.2f}"
+    )
+    print(
+        f"\nModel {model_label(args.model)} ({args.dtype}), ours = `{args.backend}` with {args.demos} demonstrations, "
+        f"task {name}, {n} test items at {args.shots} shots, "
+        f"{prompt_tokens / n:.0f} prompt tokens per item; ours generated {generated_ours / n:.1f} tokens per item "
+        f"(stop at newline), the authors' loop {new_tokens}. Medians of {max(1, args.repeats)} alternating runs "
+        f"(seconds: {', '.join(f'{k} {[round(t, 1) for t in v]}' for k, v in timings.items())}).\n"
+    )
     print("| method | wall s | items/s | prompt tokens/s | vs authors' loop | vs forward limit |")
     print("|---|---:|---:|---:|---:|---:|")
-    for label, seconds in ((f"ours: lm-eval, `{args.backend}` backend", ours_s),
-                           (f"authors' loop: generate(max_new_tokens={new_tokens}), batch 1", authors_s),
-                           ("forward-pass limit: one pass, last-position logits", limit_s)):
-        print(f"| {label} | {seconds:.1f} | {n / seconds:.2f} | {prompt_tokens / seconds:.0f} | "
-              f"{authors_s / seconds:.2f}x | {limit_s / seconds:.0%} |")
+    for label, seconds in (
+        (f"ours: lm-eval, `{args.backend}` backend", ours_s),
+        (f"authors' loop: generate(max_new_tokens={new_tokens}), batch 1", authors_s),
+        ("forward-pass limit: one pass, last-position logits", limit_s),
+    ):
+        print(
+            f"| {label} | {seconds:.1f} | {n / seconds:.2f} | {prompt_tokens / seconds:.0f} | "
+            f"{authors_s / seconds:.2f}x | {limit_s / seconds:.0%} |"
+        )
     print(f"\nexact match (ours): {result['results'][name]['exact_match,extract']:.3f}")
 
 

@@ -15,8 +15,8 @@ import platform
 import statistics
 import time
 
-from iclvsft_tasks.registry import TASKS
-from iclvsft_tasks.splits import SplitSpec, draw_splits
+from iclvsft_tasks.data.splits import SplitSpec, draw_splits
+from iclvsft_tasks.tasks.registry import TASKS
 
 TARGET = 20_000  # items/s on one core (issue #2)
 
@@ -39,14 +39,17 @@ def main() -> None:
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core, as the target says
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"# generation benchmark, {datetime.date.today()}, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} cores (pinned to 1), Python {platform.python_version()}, load average {load:.2f}")
+    print(
+        f"# generation benchmark, {datetime.date.today()}, {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores (pinned to 1), Python {platform.python_version()}, load average {load:.2f}"
+    )
     print(f"\n| task | items | median items/s | best items/s | target {TARGET:,}/s |")
     print("|---|---:|---:|---:|---|")
     for task in TASKS:
         rates = measure(task, args.items, args.repeats)
         median = statistics.median(rates)
-        print(f"| {task} | {args.items:,} | {median:,.0f} | {max(rates):,.0f} | {'met' if median >= TARGET else 'MISSED'} |")
+        verdict = "met" if median >= TARGET else "MISSED"
+        print(f"| {task} | {args.items:,} | {median:,.0f} | {max(rates):,.0f} | {verdict} |")
 
 
 if __name__ == "__main__":

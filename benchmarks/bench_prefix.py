@@ -13,6 +13,7 @@ and our tokens of new text per second against the limit's.
         [--shots 8,16] [--items 100] [--dtype float32] [--mc]
 """
 
+# ruff: noqa: E402 - the environment must be set before torch and transformers are imported
 from __future__ import annotations
 
 import os
@@ -21,13 +22,13 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch: 2 threads on 2 bu
 for _key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
     os.environ.setdefault(_key, "1")
 
-import argparse  # noqa: E402
-import copy  # noqa: E402
-import datetime  # noqa: E402
-import platform  # noqa: E402
-import time  # noqa: E402
+import argparse
+import copy
+import datetime
+import platform
+import time
 
-import torch  # noqa: E402
+import torch
 
 
 def main() -> None:
@@ -38,8 +39,11 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=100)
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--draw", type=int, default=1)
-    parser.add_argument("--mc", action="store_true",
-                        help="the multiple-choice variants instead (loglikelihood requests; binary tasks only)")
+    parser.add_argument(
+        "--mc",
+        action="store_true",
+        help="the multiple-choice variants instead (loglikelihood requests; binary tasks only)",
+    )
     args = parser.parse_args()
 
     from lm_eval import simple_evaluate
@@ -47,9 +51,9 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import iclvsft_tasks
-    from iclvsft_tasks.compare.run import lm_eval_task
-    from iclvsft_tasks.lm_backend import IclvsftHFLM
-    from iclvsft_tasks.models import model_label, resolve_model
+    from iclvsft.compare.run import lm_eval_task
+    from iclvsft.models import model_label, resolve_model
+    from iclvsft_tasks.backend.hflm import IclvsftHFLM
 
     path = resolve_model(args.model)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, args.dtype)).eval()
@@ -60,8 +64,9 @@ def main() -> None:
 
     def evaluate(lm, name, limit=None):
         start = time.perf_counter()
-        result = simple_evaluate(model=lm, tasks=[name], task_manager=tm, limit=limit, log_samples=True,
-                                 bootstrap_iters=0, verbosity="ERROR")
+        result = simple_evaluate(
+            model=lm, tasks=[name], task_manager=tm, limit=limit, log_samples=True, bootstrap_iters=0, verbosity="ERROR"
+        )
         return time.perf_counter() - start, result
 
     tasks = args.tasks.split(",")
@@ -90,27 +95,46 @@ def main() -> None:
             prompt_tokens = sum(i.shape[1] for i in ids)
             generated = stats["generated_tokens"]
             limit_s = bare_loop(model, ids, generated)
-            rows.append({"task": name, "n": len(ids), "prompt_tokens": prompt_tokens, "hf_s": hf_s, "ours_s": ours_s,
-                         "computed": computed, "stats": stats, "identical": same, "limit_s": limit_s,
-                         "acc_hf": hf_res["results"][name]["exact_match,extract"],
-                         "acc_ours": ours_res["results"][name]["exact_match,extract"]})
+            rows.append(
+                {
+                    "task": name,
+                    "n": len(ids),
+                    "prompt_tokens": prompt_tokens,
+                    "hf_s": hf_s,
+                    "ours_s": ours_s,
+                    "computed": computed,
+                    "stats": stats,
+                    "identical": same,
+                    "limit_s": limit_s,
+                    "acc_hf": hf_res["results"][name]["exact_match,extract"],
+                    "acc_ours": ours_res["results"][name]["exact_match,extract"],
+                }
+            )
             print(rows[-1], flush=True)
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"\n# shared-prefix benchmark, {datetime.date.today()}, {platform.machine()}, {os.cpu_count()} cores, "
-          f"torch threads {torch.get_num_threads()}, load average {load:.2f}")
-    print(f"Model {model_label(args.model)} ({args.dtype}), fixed demonstrations (draw {args.draw}), "
-          f"{args.items} test items per task.\n")
-    print("| task | prompt tokens/item | hf s | ours s | speed-up | tokens computed (hf → ours) | "
-          "identical predictions | accuracy | ours: new tokens/s | limit: new tokens/s | of limit |")
+    print(
+        f"\n# shared-prefix benchmark, {datetime.date.today()}, {platform.machine()}, {os.cpu_count()} cores, "
+        f"torch threads {torch.get_num_threads()}, load average {load:.2f}"
+    )
+    print(
+        f"Model {model_label(args.model)} ({args.dtype}), fixed demonstrations (draw {args.draw}), "
+        f"{args.items} test items per task.\n"
+    )
+    print(
+        "| task | prompt tokens/item | hf s | ours s | speed-up | tokens computed (hf → ours) | "
+        "identical predictions | accuracy | ours: new tokens/s | limit: new tokens/s | of limit |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         n = r["n"]
         hf_tokens = r["prompt_tokens"] + r["stats"]["generated_tokens"]
-        print(f"| `{r['task']}` | {r['prompt_tokens'] / n:.0f} | {r['hf_s']:.1f} | {r['ours_s']:.1f} | "
-              f"{r['hf_s'] / r['ours_s']:.1f}× | {hf_tokens:,} → {r['computed']:,} | {r['identical']}/{n} | "
-              f"{r['acc_hf']:.2f} / {r['acc_ours']:.2f} | {r['computed'] / r['ours_s']:.0f} | "
-              f"{r['computed'] / r['limit_s']:.0f} | {r['limit_s'] / r['ours_s']:.0%} |")
+        print(
+            f"| `{r['task']}` | {r['prompt_tokens'] / n:.0f} | {r['hf_s']:.1f} | {r['ours_s']:.1f} | "
+            f"{r['hf_s'] / r['ours_s']:.1f}× | {hf_tokens:,} → {r['computed']:,} | {r['identical']}/{n} | "
+            f"{r['acc_hf']:.2f} / {r['acc_ours']:.2f} | {r['computed'] / r['ours_s']:.0f} | "
+            f"{r['computed'] / r['limit_s']:.0f} | {r['limit_s'] / r['ours_s']:.0%} |"
+        )
 
 
 def loglikelihood_rows(args, tasks, shots, hf, ours, evaluate) -> None:
@@ -119,7 +143,10 @@ def loglikelihood_rows(args, tasks, shots, hf, ours, evaluate) -> None:
 
     evaluate(hf, variant_name(tasks[0], mc=True, shots=shots[0]), limit=2)
     evaluate(ours, variant_name(tasks[0], mc=True, shots=shots[0]), limit=2)
-    print("| task | requests | hf s | ours s | speed-up | largest abs. log-likelihood difference | same is_greedy | same accuracy |")
+    print(
+        "| task | requests | hf s | ours s | speed-up | largest abs. log-likelihood difference "
+        "| same is_greedy | same accuracy |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for task in tasks:
         for k in shots:
@@ -127,14 +154,22 @@ def loglikelihood_rows(args, tasks, shots, hf, ours, evaluate) -> None:
             hf_s, hf_res = evaluate(hf, name)
             ours.clear_prefix_cache()
             ours_s, our_res = evaluate(ours, name)
-            pairs = [(a, b) for sa, sb in zip(sorted(hf_res["samples"][name], key=lambda s: s["doc_id"]),
-                                              sorted(our_res["samples"][name], key=lambda s: s["doc_id"]))
-                     for a, b in zip(sa["resps"], sb["resps"])]
+            pairs = [
+                (a, b)
+                for sa, sb in zip(
+                    sorted(hf_res["samples"][name], key=lambda s: s["doc_id"]),
+                    sorted(our_res["samples"][name], key=lambda s: s["doc_id"]),
+                )
+                for a, b in zip(sa["resps"], sb["resps"])
+            ]
             worst = max(abs(float(a[0][0]) - float(b[0][0])) for a, b in pairs)
             greedy = sum(a[0][1] == b[0][1] for a, b in pairs)
             acc = hf_res["results"][name]["acc,none"], our_res["results"][name]["acc,none"]
-            print(f"| `{name}` | {len(pairs)} | {hf_s:.1f} | {ours_s:.1f} | {hf_s / ours_s:.1f}× | {worst:.1e} | "
-                  f"{greedy}/{len(pairs)} | {acc[0]:.2f} / {acc[1]:.2f} |", flush=True)
+            print(
+                f"| `{name}` | {len(pairs)} | {hf_s:.1f} | {ours_s:.1f} | {hf_s / ours_s:.1f}× | {worst:.1e} | "
+                f"{greedy}/{len(pairs)} | {acc[0]:.2f} / {acc[1]:.2f} |",
+                flush=True,
+            )
 
 
 def bare_loop(model, ids: list[torch.Tensor], generated: int) -> float:
@@ -150,7 +185,7 @@ def bare_loop(model, ids: list[torch.Tensor], generated: int) -> float:
         prefix = model(common.unsqueeze(0), use_cache=True, logits_to_keep=1).past_key_values
         for i in ids:
             cache = copy.deepcopy(prefix)
-            out = model(i[:, len(common):], past_key_values=cache, use_cache=True, logits_to_keep=1)
+            out = model(i[:, len(common) :], past_key_values=cache, use_cache=True, logits_to_keep=1)
             token = out.logits[:, -1].argmax(-1, keepdim=True)
             for _ in range(steps_per_item):
                 out = model(token, past_key_values=out.past_key_values, use_cache=True)

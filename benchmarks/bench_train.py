@@ -15,32 +15,38 @@ Prints a Markdown section for BENCHMARKS.md.
     .venv/bin/python benchmarks/bench_train.py [--samples 1600] [--repeats 2] [--seeds 200]
 """
 
+# ruff: noqa: E402 - the environment must be set before torch and transformers are imported
 from __future__ import annotations
 
 import os
 
 # Before torch is imported, here and in every child: offline, one thread (2 threads on 2 cores ran 6x slower).
-RUNENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-          "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+RUNENV = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "OMP_NUM_THREADS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
 os.environ.update(RUNENV)
 
-import argparse  # noqa: E402
-import datetime  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import re  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-import warnings  # noqa: E402
-from collections.abc import Sequence  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import datetime
+import json
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
 
-import yaml  # noqa: E402
+import yaml
 
-from iclvsft_train import launch  # noqa: E402
+from iclvsft_train import launch
 
 REPO = Path(__file__).resolve().parents[1]
 WRAPPER = Path(sys.executable).parent / "iclvsft-train"
@@ -55,6 +61,7 @@ METRIC = re.compile(r"'train_(runtime|samples_per_second)': '?([0-9.eE+-]+)")
 
 
 # --- 1. wrapper overhead ---------------------------------------------------------------------------------
+
 
 def timed(cmd: Sequence[str]) -> tuple[float, dict[str, float]]:
     """Wall seconds of ``cmd`` and the trainer's final metrics parsed from its output."""
@@ -77,13 +84,21 @@ def overhead(root: Path, model: Path, recipe: str, task: str, samples: int, repe
     # The dry run writes the data and resolved.yaml the direct runs share; its wall time is what the
     # wrapper spends before trl starts (imports, data, config resolution).
     start = time.perf_counter()
-    proc = subprocess.run([str(WRAPPER), *args, "--output_dir", str(prep), "--dry-run"],
-                          env={**os.environ, **RUNENV}, capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [str(WRAPPER), *args, "--output_dir", str(prep), "--dry-run"],
+        env={**os.environ, **RUNENV},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     prep_wall = time.perf_counter() - start
     # The direct command is launch.trl_command, the very list the wrapper runs, with the wrapper's interpreter
     # (its venv/bin/python3 may differ from ours in name only); check it is what the dry run printed.
     printed = proc.stdout.strip().splitlines()[-1]
-    command = lambda out: [printed.split()[0], *launch.trl_command(out, ())[1:]]  # noqa: E731
+
+    def command(out: Path) -> list[str]:
+        return [printed.split()[0], *launch.trl_command(out, ())[1:]]
+
     assert printed == " ".join(command(prep)), printed
     resolved = yaml.safe_load((prep / launch.RESOLVED).read_text())
     runs: dict[str, list[tuple[float, dict[str, float]]]] = {"wrapper": [], "direct": []}
@@ -94,12 +109,21 @@ def overhead(root: Path, model: Path, recipe: str, task: str, samples: int, repe
         # same resolved config and same data file (dataset_name still points into prep/), fresh output_dir
         (direct / launch.RESOLVED).write_text(yaml.safe_dump({**resolved, "output_dir": str(direct)}, sort_keys=False))
         runs["direct"].append(timed(command(direct)))
-    return {"recipe": recipe, "samples": samples, "steps": resolved["max_steps"], "prep_wall": prep_wall,
-            **{f"{side}_{key}": [m[key] if key != "wall" else w for w, m in rs]
-               for side, rs in runs.items() for key in ("wall", "samples_per_second")}}
+    return {
+        "recipe": recipe,
+        "samples": samples,
+        "steps": resolved["max_steps"],
+        "prep_wall": prep_wall,
+        **{
+            f"{side}_{key}": [m[key] if key != "wall" else w for w, m in rs]
+            for side, rs in runs.items()
+            for key in ("wall", "samples_per_second")
+        },
+    }
 
 
 # --- 2. padding ----------------------------------------------------------------------------------------
+
 
 def token_lengths(train_jsonl: Path, tokenizer, max_length: int) -> list[int]:
     """Lengths exactly as TRL's SFTTrainer builds them: EOS appended to the completion, prompt+completion
@@ -113,14 +137,15 @@ def pad_fraction(lengths: Sequence[int], order: Sequence[int], per_device: int) 
     """TRL's collator pads each micro-batch to its longest sequence (dataloader_drop_last is False)."""
     pad = total = 0
     for i in range(0, len(order), per_device):
-        batch = [lengths[j] for j in order[i:i + per_device]]
+        batch = [lengths[j] for j in order[i : i + per_device]]
         total += max(batch) * len(batch)
         pad += max(batch) * len(batch) - sum(batch)
     return pad / total
 
 
-def sampler_orders(lengths: Sequence[int], per_device: int, accumulation: int, strategy: str,
-                   seeds: int) -> list[list[int]]:
+def sampler_orders(
+    lengths: Sequence[int], per_device: int, accumulation: int, strategy: str, seeds: int
+) -> list[list[int]]:
     """Sample orders of ``seeds`` epochs. transformers 5.24 Trainer._get_train_sampler gives RandomSampler for
     "random" and LengthGroupedSampler(train_batch_size * gradient_accumulation_steps) for "group_by_length":
     a random permutation cut into mega-batches of min(n // (4 * batch), 50) batches, each sorted by length,
@@ -151,10 +176,14 @@ def trainer_check(prep: Path, model: Path, strategy: str) -> tuple[float, list[i
         warnings.simplefilter("ignore")
         _, sft_args, *_ = make_parser().parse_args_and_config(
             ["--config", str(prep / launch.RESOLVED), "--output_dir", scratch, "--train_sampling_strategy", strategy],
-            return_remaining_strings=True)
-        trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(model), args=sft_args,
-                             processing_class=AutoTokenizer.from_pretrained(model),
-                             train_dataset=Dataset.from_json(str(prep / "data" / "train.jsonl")))
+            return_remaining_strings=True,
+        )
+        trainer = SFTTrainer(
+            model=AutoModelForCausalLM.from_pretrained(model),
+            args=sft_args,
+            processing_class=AutoTokenizer.from_pretrained(model),
+            train_dataset=Dataset.from_json(str(prep / "data" / "train.jsonl")),
+        )
         lengths = [len(x) for x in trainer.train_dataset["input_ids"]]
         pad = total = 0
         for batch in trainer.get_train_dataloader():
@@ -167,23 +196,35 @@ def padding(root: Path, model: Path, samples: int, seeds: int) -> tuple[list[dic
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model)
-    geometry = {r: (c["per_device_train_batch_size"], c["gradient_accumulation_steps"])
-                for r, c in ((r, launch.load_recipe(r)) for r in ("lora", "paper"))}  # full has lora's geometry
+    geometry = {
+        r: (c["per_device_train_batch_size"], c["gradient_accumulation_steps"])
+        for r, c in ((r, launch.load_recipe(r)) for r in ("lora", "paper"))
+    }  # full has lora's geometry
     rows, chars, tokens = [], 0, 0
     for task in PAD_TASKS:
         for shots in PAD_SHOTS:
             prep = root / f"pad-{task}-{shots.replace(',', '')}"
-            launch.prepare(launch.TrainOptions(task=task, samples=samples, model=str(model), output_dir=prep,
-                                               train_shots=tuple(int(s) for s in shots.split(",")), dry_run=True))
+            launch.prepare(
+                launch.TrainOptions(
+                    task=task,
+                    samples=samples,
+                    model=str(model),
+                    output_dir=prep,
+                    train_shots=tuple(int(s) for s in shots.split(",")),
+                    dry_run=True,
+                )
+            )
             resolved = yaml.safe_load((prep / launch.RESOLVED).read_text())
             train_jsonl = prep / "data" / "train.jsonl"
             lengths = token_lengths(train_jsonl, tokenizer, resolved["max_length"])
             chars += sum(len(r["prompt"] + r["completion"]) + 1 for r in map(json.loads, train_jsonl.open()))
             tokens += sum(lengths)
             row = {"task": task, "shots": shots, "prep": prep, "lengths": lengths}
-            for key, (per_device, accumulation), strategy in (("random", geometry["lora"], "random"),
-                                                              ("group_lora", geometry["lora"], "group_by_length"),
-                                                              ("group_paper", geometry["paper"], "group_by_length")):
+            for key, (per_device, accumulation), strategy in (
+                ("random", geometry["lora"], "random"),
+                ("group_lora", geometry["lora"], "group_by_length"),
+                ("group_paper", geometry["paper"], "group_by_length"),
+            ):
                 orders = sampler_orders(lengths, per_device, accumulation, strategy, seeds)
                 row[key] = [pad_fraction(lengths, o, per_device) for o in orders]
                 if key == "group_lora":
@@ -198,15 +239,18 @@ def padding(root: Path, model: Path, samples: int, seeds: int) -> tuple[list[dic
         assert trl_lengths == widest["lengths"], "token lengths differ from TRL's"
         lo, hi = min(widest[key]), max(widest[key])
         checks.append(f"{strategy} {frac:.1%} (simulated range {lo:.1%}-{hi:.1%})")
-    note = (f"Cross-check on {widest['task']} with shots {widest['shots']}: SFTTrainer's own tokenized lengths equal "
-            f"the simulation's; one pass of its train dataloader (lora recipe) pads {'; '.join(checks)}. "
-            f"The tiny BPE tokenizer spends {chars / tokens:.2f} characters per token; a real model's tokenizer "
-            f"gives shorter sequences, so more of each pad-to-{PAPER_PAD_TO} batch would be padding, while "
-            f"longest-in-batch padding depends on the relative spread of lengths.")
+    note = (
+        f"Cross-check on {widest['task']} with shots {widest['shots']}: SFTTrainer's own tokenized lengths equal "
+        f"the simulation's; one pass of its train dataloader (lora recipe) pads {'; '.join(checks)}. "
+        f"The tiny BPE tokenizer spends {chars / tokens:.2f} characters per token; a real model's tokenizer "
+        f"gives shorter sequences, so more of each pad-to-{PAPER_PAD_TO} batch would be padding, while "
+        f"longest-in-batch padding depends on the relative spread of lengths."
+    )
     return rows, note
 
 
 # --- report ----------------------------------------------------------------------------------------------
+
 
 def pct(values: Sequence[float]) -> str:
     return f"{statistics.mean(values):.1%} ({min(values):.1%}-{max(values):.1%})"
@@ -217,8 +261,9 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=1600, help="samples per overhead run (multiple of 4)")
     parser.add_argument("--task", default="parity_pattern", help="task of the overhead runs")
     parser.add_argument("--recipes", default="lora,full", help="recipes of the overhead runs")
-    parser.add_argument("--repeats", type=int, default=3, 
-                        help="wrapper/direct pairs per recipe (2 proved too noisy here)")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="wrapper/direct pairs per recipe (2 proved too noisy here)"
+    )
     parser.add_argument("--pad-samples", type=int, default=1600, help="samples per padding configuration")
     parser.add_argument("--seeds", type=int, default=200, help="random batchings averaged for padding")
     args = parser.parse_args()
@@ -242,55 +287,72 @@ def main() -> None:
     load_end = os.getloadavg()
     med = statistics.median
 
-    print(f"## Training wrapper: overhead and padding\n\n"
-          f"{datetime.date.today()}, {platform.machine()}, {os.cpu_count()} cores, OMP_NUM_THREADS=1 (torch "
-          f"threads {torch.get_num_threads()}), Python {platform.python_version()}, torch {torch.__version__}, "
-          f"transformers {transformers.__version__}, trl {trl.__version__}; load average "
-          f"{load_start[0]:.2f} at start, {load_end[0]:.2f} at end; {time.perf_counter() - began:.0f} s in all.\n"
-          f"Model: the tiny random Llama of `tests/tiny_model.py` ({n_params:,} parameters, BPE vocabulary of "
-          f"{vocab}). `benchmarks/bench_train.py`.\n")
+    print(
+        f"## Training wrapper: overhead and padding\n\n"
+        f"{datetime.date.today()}, {platform.machine()}, {os.cpu_count()} cores, OMP_NUM_THREADS=1 (torch "
+        f"threads {torch.get_num_threads()}), Python {platform.python_version()}, torch {torch.__version__}, "
+        f"transformers {transformers.__version__}, trl {trl.__version__}; load average "
+        f"{load_start[0]:.2f} at start, {load_end[0]:.2f} at end; {time.perf_counter() - began:.0f} s in all.\n"
+        f"Model: the tiny random Llama of `tests/tiny_model.py` ({n_params:,} parameters, BPE vocabulary of "
+        f"{vocab}). `benchmarks/bench_train.py`.\n"
+    )
 
-    print(f"### Wrapper overhead (target: samples/s overhead ≤ {OVERHEAD_TARGET:.0%})\n\n"
-          f"`iclvsft-train --task {args.task} --samples {args.samples}` against the same `trl sft --config "
-          f"resolved.yaml` run directly (same data, fresh output_dir), alternating wrapper/direct, "
-          f"{args.repeats} runs each, medians (runs in brackets, in order). samples/s is TRL's "
-          f"`train_samples_per_second`; wall time is end to end. Overhead = direct / wrapper − 1 for samples/s, "
-          f"wrapper / direct − 1 for wall time.\n")
-    print("| recipe | steps | wrapper samples/s | direct samples/s | samples/s overhead (median; best) | "
-          "wrapper wall s | direct wall s | wall overhead | wrapper before trl starts (dry run) s | target |")
+    print(
+        f"### Wrapper overhead (target: samples/s overhead ≤ {OVERHEAD_TARGET:.0%})\n\n"
+        f"`iclvsft-train --task {args.task} --samples {args.samples}` against the same `trl sft --config "
+        f"resolved.yaml` run directly (same data, fresh output_dir), alternating wrapper/direct, "
+        f"{args.repeats} runs each, medians (runs in brackets, in order). samples/s is TRL's "
+        f"`train_samples_per_second`; wall time is end to end. Overhead = direct / wrapper − 1 for samples/s, "
+        f"wrapper / direct − 1 for wall time.\n"
+    )
+    print(
+        "| recipe | steps | wrapper samples/s | direct samples/s | samples/s overhead (median; best) | "
+        "wrapper wall s | direct wall s | wall overhead | wrapper before trl starts (dry run) s | target |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in results:
         ws, ds = med(r["wrapper_samples_per_second"]), med(r["direct_samples_per_second"])
         ww, dw = med(r["wrapper_wall"]), med(r["direct_wall"])
-        runs = lambda xs, f: f"{f.format(med(xs))} ({', '.join(f.format(x) for x in xs)})"  # noqa: E731
-        print(f"| {r['recipe']} | {r['steps']} | {runs(r['wrapper_samples_per_second'], '{:.1f}')} | "
-              f"{runs(r['direct_samples_per_second'], '{:.1f}')} | {ds / ws - 1:+.1%}; "
-              f"{max(r['direct_samples_per_second']) / max(r['wrapper_samples_per_second']) - 1:+.1%} | "
-              f"{runs(r['wrapper_wall'], '{:.1f}')} | {runs(r['direct_wall'], '{:.1f}')} | "
-              f"{ww - dw:+.1f} s ({ww / dw - 1:+.1%}) | "
-              f"{r['prep_wall']:.1f} | {'met' if ds / ws - 1 <= OVERHEAD_TARGET else 'MISSED'} |")
+
+        def runs(xs: list[float], f: str) -> str:
+            return f"{f.format(med(xs))} ({', '.join(f.format(x) for x in xs)})"
+
+        print(
+            f"| {r['recipe']} | {r['steps']} | {runs(r['wrapper_samples_per_second'], '{:.1f}')} | "
+            f"{runs(r['direct_samples_per_second'], '{:.1f}')} | {ds / ws - 1:+.1%}; "
+            f"{max(r['direct_samples_per_second']) / max(r['wrapper_samples_per_second']) - 1:+.1%} | "
+            f"{runs(r['wrapper_wall'], '{:.1f}')} | {runs(r['direct_wall'], '{:.1f}')} | "
+            f"{ww - dw:+.1f} s ({ww / dw - 1:+.1%}) | "
+            f"{r['prep_wall']:.1f} | {'met' if ds / ws - 1 <= OVERHEAD_TARGET else 'MISSED'} |"
+        )
 
     geometry = {r: launch.load_recipe(r) for r in ("lora", "paper")}
     g = {r: f"{c['per_device_train_batch_size']}×{c['gradient_accumulation_steps']}" for r, c in geometry.items()}
-    print(f"\n### Padding (target: ≤ {PADDING_TARGET:.0%} of batch tokens)\n\n"
-          f"{args.pad_samples} training samples per row (default split sizes), tokenized as TRL does "
-          f"(prompt + completion + EOS), micro-batches of {geometry['lora']['per_device_train_batch_size']} padded "
-          f"to their longest. Mean (min-max) over {args.seeds} random batchings (torch seeds "
-          f"0-{args.seeds - 1}) of the trainer's samplers: `random` (RandomSampler, the default) and "
-          f"`group_by_length` (LengthGroupedSampler over per-device × accumulation; lora and full are "
-          f"{g['lora']}, paper is {g['paper']}). Last column: every sample padded to {PAPER_PAD_TO}, as the paper's "
-          f"authors did.\n")
-    print(f"| task | train shots | tokens mean (min-max) | random | group_by_length {g['lora']} (lora, full) | "
-          f"group_by_length {g['paper']} (paper) | padded to {PAPER_PAD_TO} | random meets target | "
-          f"group_by_length {g['lora']}: first {HEAD} samples' mean length ÷ data mean |")
+    print(
+        f"\n### Padding (target: ≤ {PADDING_TARGET:.0%} of batch tokens)\n\n"
+        f"{args.pad_samples} training samples per row (default split sizes), tokenized as TRL does "
+        f"(prompt + completion + EOS), micro-batches of {geometry['lora']['per_device_train_batch_size']} padded "
+        f"to their longest. Mean (min-max) over {args.seeds} random batchings (torch seeds "
+        f"0-{args.seeds - 1}) of the trainer's samplers: `random` (RandomSampler, the default) and "
+        f"`group_by_length` (LengthGroupedSampler over per-device × accumulation; lora and full are "
+        f"{g['lora']}, paper is {g['paper']}). Last column: every sample padded to {PAPER_PAD_TO}, as the paper's "
+        f"authors did.\n"
+    )
+    print(
+        f"| task | train shots | tokens mean (min-max) | random | group_by_length {g['lora']} (lora, full) | "
+        f"group_by_length {g['paper']} (paper) | padded to {PAPER_PAD_TO} | random meets target | "
+        f"group_by_length {g['lora']}: first {HEAD} samples' mean length ÷ data mean |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|---|---:|")
     for r in pad_rows:
         n = r["lengths"]
         over = sum(x > PAPER_PAD_TO for x in n)
-        print(f"| {r['task']} | {r['shots']} | {statistics.mean(n):.0f} ({min(n)}-{max(n)}) | {pct(r['random'])} | "
-              f"{pct(r['group_lora'])} | {pct(r['group_paper'])} | {r['pad512']:.1%}"
-              f"{f' ({over} longer)' if over else ''} | "
-              f"{'met' if statistics.mean(r['random']) <= PADDING_TARGET else 'MISSED'} | {r['head_bias']:.2f} |")
+        print(
+            f"| {r['task']} | {r['shots']} | {statistics.mean(n):.0f} ({min(n)}-{max(n)}) | {pct(r['random'])} | "
+            f"{pct(r['group_lora'])} | {pct(r['group_paper'])} | {r['pad512']:.1%}"
+            f"{f' ({over} longer)' if over else ''} | "
+            f"{'met' if statistics.mean(r['random']) <= PADDING_TARGET else 'MISSED'} | {r['head_bias']:.2f} |"
+        )
     print(f"\n{pad_note}")
 
 

@@ -7,12 +7,12 @@ Public API::
     from iclvsft_tasks import tasks_dir, task_manager      # lm-eval glue
 """
 
-from .errors import IclvsftError
-from .lm_eval_glue import task_manager, tasks_dir
-from .prompts import render_completion, render_prompt
-from .registry import TASKS, get_task, task_names
-from .scoring import extract_answer, is_correct
-from .splits import SPLITS, SplitSpec, build_split, build_splits, fingerprint, fingerprints
+from iclvsft_tasks.data.splits import SPLITS, SplitSpec, build_split, build_splits, fingerprint, fingerprints
+from iclvsft_tasks.errors import IclvsftError
+from iclvsft_tasks.lm_eval_glue import task_manager, tasks_dir
+from iclvsft_tasks.prompts import render_completion, render_prompt
+from iclvsft_tasks.scoring import extract_answer, is_correct
+from iclvsft_tasks.tasks.registry import TASKS, get_task, task_names
 
 __version__ = "0.1.0"
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
-from .errors import IclvsftError
+from iclvsft_tasks.errors import IclvsftError
 
 
 def _prepare_parent(path: Path) -> Path:

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from .errors import IclvsftError
+from iclvsft_tasks.errors import IclvsftError
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -65,13 +65,18 @@ def add_split_size_flags(parser: argparse.ArgumentParser, defaults: dict[str, in
 
     ``defaults=None`` leaves them None, for callers that layer flags over a config file.
     """
-    from .splits import SPLITS
+    from iclvsft_tasks.data.splits import SPLITS
 
     group = parser.add_argument_group(f"split sizes ({note})")
     for split in SPLITS:
         default = defaults[split] if defaults else None
-        group.add_argument("--" + split.replace("_", "-") + "-size", type=positive_int, default=default,
-                           dest=f"{split}_size", help=f"default {default:,}" if default else None)
+        group.add_argument(
+            "--" + split.replace("_", "-") + "-size",
+            type=positive_int,
+            default=default,
+            dest=f"{split}_size",
+            help=f"default {default:,}" if default else None,
+        )
 
 
 def parse_int_list(text: str, what: str, allow_empty: bool = False) -> list[int]:

@@ -19,9 +19,9 @@ from typing import Any
 
 from lm_eval.api.samplers import ContextSampler
 
-from .errors import IclvsftError
-from .seeding import demo_rng
-from .splits import SplitSpec, build_split
+from iclvsft_tasks.data.seeding import demo_rng
+from iclvsft_tasks.data.splits import SplitSpec, build_split
+from iclvsft_tasks.errors import IclvsftError
 
 DEMO_MODES: tuple[str, ...] = ("per-item", "fixed")
 DEFAULT_DEMOS = "per-item"
@@ -70,6 +70,8 @@ class DemoSampler(ContextSampler):
         if not pool or DRAW_FIELD not in pool[0]:
             return super().sample(n, eval_doc=eval_doc, df=df, **kwargs)
         if n > len(pool):
-            raise IclvsftError(f"{n} demonstrations requested but the train split holds {len(pool)}; "
-                               "lower the shots or raise iclvsft_train_size")
+            raise IclvsftError(
+                f"{n} demonstrations requested but the train split holds {len(pool)}; "
+                "lower the shots or raise iclvsft_train_size"
+            )
         return pool[:n]

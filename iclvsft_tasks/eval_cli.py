@@ -22,9 +22,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .atomic import atomic_write_dir
-from .errors import IclvsftError
-from .lm_eval_glue import register_backend, tasks_dir
+from iclvsft_tasks.atomic import atomic_write_dir
+from iclvsft_tasks.errors import IclvsftError
+from iclvsft_tasks.lm_eval_glue import register_backend, tasks_dir
 
 PROG = "iclvsft-eval"
 _SUBCOMMANDS = ("run", "ls", "validate")
@@ -77,8 +77,10 @@ def num_fewshot_warnings(argv: Sequence[str]) -> list[str]:
             what = "stays at 0 shots: lm-eval never overrides a YAML's num_fewshot: 0"
         else:
             what = f"runs at {value} shots, not {shots}"
-        warnings.append(f"{PROG}: warning: --num_fewshot {value} given: {name} {what}; "
-                        f"drop --num_fewshot or pick the variant with the shots you want")
+        warnings.append(
+            f"{PROG}: warning: --num_fewshot {value} given: {name} {what}; "
+            f"drop --num_fewshot or pick the variant with the shots you want"
+        )
     return warnings
 
 
@@ -89,11 +91,14 @@ def _our_names() -> set[str]:
 
 # --- the registered copy inside lm-eval's task folder ---------------------------------------------
 
+
 def _lm_eval_tasks_folder() -> Path:
     try:
         lm_eval_tasks = importlib.import_module("lm_eval.tasks")
     except ImportError:
-        raise IclvsftError("lm_eval is not installed in this environment (pip install 'lm_eval>=0.4.13,<0.5')") from None
+        raise IclvsftError(
+            "lm_eval is not installed in this environment (pip install 'lm_eval>=0.4.13,<0.5')"
+        ) from None
     return Path(lm_eval_tasks.__file__).resolve().parent
 
 
@@ -147,8 +152,10 @@ def register() -> str:
         atomic_write_dir(target, fill)
     except PermissionError as exc:
         raise IclvsftError(f"cannot write {target}: {exc.strerror}") from None
-    return (f"registered: a bare `lm_eval --tasks parity_pattern ...` now finds iclvsft's tasks "
-            f"(copy in {target}; an lm-eval reinstall or upgrade removes it: run `{PROG} register` again)")
+    return (
+        f"registered: a bare `lm_eval --tasks parity_pattern ...` now finds iclvsft's tasks "
+        f"(copy in {target}; an lm-eval reinstall or upgrade removes it: run `{PROG} register` again)"
+    )
 
 
 def unregister() -> str:
@@ -168,13 +175,14 @@ def status() -> str:
     state, target = registration_state()
     return {
         "absent": f"not registered: a bare `lm_eval` does not see iclvsft's tasks (use `{PROG}`, "
-                  f"`--include_path \"$(python -m iclvsft_tasks)\"`, or `{PROG} register`)",
+        f'`--include_path "$(python -m iclvsft_tasks)"`, or `{PROG} register`)',
         "current": f"registered and current: {target}",
         "stale": f"registered but stale (iclvsft's tasks changed since): {target}; run `{PROG} register` again",
     }[state]
 
 
 # --- running lm-eval --------------------------------------------------------------------------------
+
 
 def _prepend_our_tasks_in_task_manager(ours: str) -> None:
     """Make every TaskManager of this process index ``ours`` before the user's include paths."""
@@ -183,7 +191,7 @@ def _prepend_our_tasks_in_task_manager(ours: str) -> None:
     original = TaskManager.__init__
     signature = inspect.signature(original)
 
-    def __init__(self, *args, **kwargs):  # noqa: N807 - replacing a method
+    def __init__(self, *args, **kwargs):
         bound = signature.bind(self, *args, **kwargs)
         given = bound.arguments.get("include_path")
         user = [given] if isinstance(given, (str, Path)) else list(given or [])
@@ -219,7 +227,7 @@ def _one_line_model_errors() -> None:
         def create(cls, args, additional_config=None, _original=original):
             try:
                 return _original(cls, args, additional_config)
-            except Exception as exc:  # noqa: BLE001 - whatever the model raised, said in one line
+            except Exception as exc:
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                 raise IclvsftError(f"cannot create model {cls.__name__} from --model_args: {first}") from None
 
@@ -252,7 +260,7 @@ def _main(argv: Sequence[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .cliutil import run_cli
+    from iclvsft_tasks.cliutil import run_cli
 
     return run_cli(PROG, _main, argv)
 

@@ -18,9 +18,9 @@ import json
 import sys
 from pathlib import Path
 
-from .atomic import atomic_write_text
-from .prompts import FEWSHOT_DELIMITER, STOP_SEQUENCE, TARGET_DELIMITER
-from .registry import TASKS
+from iclvsft_tasks.atomic import atomic_write_text
+from iclvsft_tasks.prompts import FEWSHOT_DELIMITER, STOP_SEQUENCE, TARGET_DELIMITER
+from iclvsft_tasks.tasks.registry import TASKS
 
 #: Shot counts that get their own task variants.
 SHOTS: tuple[int, ...] = (0, 1, 2, 4, 8, 16, 32)
@@ -41,8 +41,9 @@ def _q(text: str) -> str:
 SPLIT_INFIX = {"test": "", "test_broken": "_broken", "validation": "_validation"}
 
 
-def variant_name(task: str, broken: bool = False, mc: bool = False, shots: int | None = None,
-                 split: str | None = None) -> str:
+def variant_name(
+    task: str, broken: bool = False, mc: bool = False, shots: int | None = None, split: str | None = None
+) -> str:
     """``parity_pattern`` + options -> ``parity_pattern_broken_mc_4shot`` (``split`` overrides ``broken``)."""
     split = split or ("test_broken" if broken else "test")
     return task + SPLIT_INFIX[split] + ("_mc" if mc else "") + (f"_{shots}shot" if shots is not None else "")
@@ -53,7 +54,9 @@ def group_name(broken: bool = False, shots: int | None = None) -> str:
 
 
 def _common_base() -> str:
-    return _HEADER + f"""custom_dataset: !function iclvsft_tasks.lm_eval_glue.load_splits
+    return (
+        _HEADER
+        + f"""custom_dataset: !function iclvsft_tasks.lm_eval_glue.load_splits
 test_split: test
 fewshot_split: train
 fewshot_config:
@@ -78,11 +81,14 @@ metric_list:
 metadata:
   version: {TASK_VERSION}
 """
+    )
 
 
 def _task_base(task: str) -> str:
     budget = TASKS[task].max_answer_tokens
-    return _HEADER + f"""include: ../_iclvsft_base.yaml
+    return (
+        _HEADER
+        + f"""include: ../_iclvsft_base.yaml
 dataset_kwargs:
   iclvsft_task: {task}
 generation_kwargs:
@@ -90,11 +96,14 @@ generation_kwargs:
   max_gen_toks: {budget}
   do_sample: false
 """
+    )
 
 
 def _mc_base(task: str) -> str:
     choices = ", ".join(_q(c) for c in TASKS[task].choices or ())
-    return _HEADER + f"""include: _base.yaml
+    return (
+        _HEADER
+        + f"""include: _base.yaml
 output_type: multiple_choice
 doc_to_choice: [{choices}]
 generation_kwargs: null
@@ -104,6 +113,7 @@ metric_list:
     aggregation: mean
     higher_is_better: true
 """
+    )
 
 
 def _variant(base: str, name: str, split: str, shots: int) -> str:
@@ -114,7 +124,9 @@ def _variant(base: str, name: str, split: str, shots: int) -> str:
 def _group(name: str, members: list[str], metric: str, filter_name: str | None) -> str:
     listed = "".join(f"  - {m}\n" for m in members)
     filt = f"    filter_list: {filter_name}\n" if filter_name else ""
-    return _HEADER + f"""group: {name}
+    return (
+        _HEADER
+        + f"""group: {name}
 task:
 {listed}aggregate_metric_list:
   - metric: {metric}
@@ -123,6 +135,7 @@ task:
 metadata:
   version: {TASK_VERSION}
 """
+    )
 
 
 def render_configs() -> dict[str, str]:

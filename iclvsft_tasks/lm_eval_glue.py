@@ -16,10 +16,10 @@ import importlib.util
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .demos import DEFAULT_DEMOS, DRAW_FIELD, check_draw, check_mode, demo_order
-from .errors import IclvsftError
-from .prompts import lm_eval_doc
-from .splits import SPLITS, SplitSpec, build_splits
+from iclvsft_tasks.data.splits import SPLITS, SplitSpec, build_splits
+from iclvsft_tasks.demos import DEFAULT_DEMOS, DRAW_FIELD, check_draw, check_mode, demo_order
+from iclvsft_tasks.errors import IclvsftError
+from iclvsft_tasks.prompts import lm_eval_doc
 
 if TYPE_CHECKING:
     import datasets
@@ -43,12 +43,12 @@ BACKEND_NAME = "iclvsft-hf"
 def register_backend() -> None:
     """Make ``--model iclvsft-hf`` known to lm-eval as a lazy registry entry: torch and the model
     code load only when it is used. (lm-eval 0.4.13 discovers no plugin models, so ``iclvsft-eval``
-    and ``compare`` call this; in your own Python, ``import iclvsft_tasks.lm_backend`` does it.)"""
+    and ``compare`` call this; in your own Python, ``import iclvsft_tasks.backend.hflm`` does it.)"""
     import lm_eval.models  # noqa: F401 - lm-eval's own models first: its registry fills itself only when empty
     from lm_eval.api.registry import model_registry
 
     if BACKEND_NAME not in model_registry:
-        model_registry.register(BACKEND_NAME, target="iclvsft_tasks.lm_backend:IclvsftHFLM")
+        model_registry.register(BACKEND_NAME, target="iclvsft_tasks.backend.hflm:IclvsftHFLM")
 
 
 def tasks_dir() -> str:
@@ -76,7 +76,9 @@ def spec_from_metadata(task: str, metadata: dict[str, Any]) -> SplitSpec:
     known = {*METADATA_KEYS, *DEMO_KEYS, _DATASET_KEY}
     unknown = sorted(k for k in metadata if k.startswith(PREFIX) and k not in known)
     if unknown:
-        raise IclvsftError(f"unknown iclvsft metadata {', '.join(unknown)}; known: {', '.join([*METADATA_KEYS, *DEMO_KEYS])}")
+        raise IclvsftError(
+            f"unknown iclvsft metadata {', '.join(unknown)}; known: {', '.join([*METADATA_KEYS, *DEMO_KEYS])}"
+        )
     fields = {METADATA_KEYS[k]: _as_int(k, v) for k, v in metadata.items() if k in METADATA_KEYS}
     return SplitSpec(task, **fields)
 
@@ -149,8 +151,8 @@ def task_manager(
     """An lm-eval TaskManager that knows our tasks, for ``lm_eval.simple_evaluate``.
 
     ``settings`` are ``seed``, the split sizes (``test_size``, ``test_broken_size``,
-    ``validation_size``, ``train_size``) and the demonstrations (``demos``, ``draw``). ``include_defaults=False`` skips indexing lm-eval's ~15k
-    built-in tasks (about 7 s).
+    ``validation_size``, ``train_size``) and the demonstrations (``demos``, ``draw``).
+    ``include_defaults=False`` skips indexing lm-eval's ~15k built-in tasks (about 7 s).
     """
     from lm_eval.tasks import TaskManager
 

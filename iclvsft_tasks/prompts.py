@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .registry import get_task
+from iclvsft_tasks.tasks.registry import get_task
 
 #: Between the task description and the first demonstration (or the query at 0 shots).
 DESCRIPTION_SEPARATOR = "\n\n"

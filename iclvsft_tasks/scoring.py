@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .registry import get_task
+from iclvsft_tasks.tasks.registry import get_task
 
 #: What an unreadable continuation extracts to; it never equals a gold answer.
 INVALID = "[invalid]"

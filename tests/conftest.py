@@ -14,8 +14,12 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 #: lm-eval metadata that keeps every lm-eval test's splits small.
-SMALL_METADATA = {"iclvsft_train_size": 200, "iclvsft_test_size": 12, "iclvsft_test_broken_size": 12,
-                  "iclvsft_validation_size": 10}
+SMALL_METADATA = {
+    "iclvsft_train_size": 200,
+    "iclvsft_test_size": 12,
+    "iclvsft_test_broken_size": 12,
+    "iclvsft_validation_size": 10,
+}
 
 
 @pytest.fixture(scope="session")

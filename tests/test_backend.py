@@ -6,9 +6,9 @@ import pytest
 from lm_eval.api.instance import Instance
 from lm_eval.models.huggingface import HFLM
 
-from iclvsft_tasks.lm_backend import IclvsftHFLM, plan_prefix_groups
+from iclvsft_tasks.backend.hflm import IclvsftHFLM, plan_prefix_groups
+from iclvsft_tasks.data.splits import SplitSpec, build_split
 from iclvsft_tasks.prompts import render_prompt
-from iclvsft_tasks.splits import SplitSpec, build_split
 
 GREEDY = {"until": ["\n\n"], "do_sample": False, "max_gen_toks": 12}
 LL_TOL = 1e-4
@@ -63,9 +63,17 @@ def test_registered_with_lm_eval():
     assert get_model("iclvsft-hf") is IclvsftHFLM
 
 
-@pytest.mark.parametrize("arg, value", [("prefix_cache_mb", "lots"), ("prefix_cache_mb", "-1"),
-                                        ("prefix_cache_mb", True), ("min_prefix_tokens", "2.5"),
-                                        ("min_prefix_tokens", "0"), ("prefix_batch_size", "0")])
+@pytest.mark.parametrize(
+    "arg, value",
+    [
+        ("prefix_cache_mb", "lots"),
+        ("prefix_cache_mb", "-1"),
+        ("prefix_cache_mb", True),
+        ("min_prefix_tokens", "2.5"),
+        ("min_prefix_tokens", "0"),
+        ("prefix_batch_size", "0"),
+    ],
+)
 def test_bad_settings_name_the_argument(tiny_llama, arg, value):
     with pytest.raises(ValueError, match=arg) as info:
         IclvsftHFLM(**_model_args(tiny_llama, **{arg: value}))
@@ -74,7 +82,8 @@ def test_bad_settings_name_the_argument(tiny_llama, arg, value):
 
 def test_settings_arrive_as_strings_and_unknown_arguments_fail_as_in_hf(tiny_llama):
     lm = IclvsftHFLM.create_from_arg_string(
-        f"pretrained={tiny_llama},device=cpu,dtype=float32,prefix_cache_mb=0.5,min_prefix_tokens=8")
+        f"pretrained={tiny_llama},device=cpu,dtype=float32,prefix_cache_mb=0.5,min_prefix_tokens=8"
+    )
     assert lm.prefix_cache_bytes == 2**19 and lm.min_prefix_tokens == 8
     errors = []
     for cls in (HFLM, IclvsftHFLM):
@@ -98,8 +107,11 @@ def test_plan_groups_neighbours_by_common_prefix():
 
 
 def test_generate_until_matches_hf_and_computes_less(hf, ours):
-    contexts = (_fewshot_prompts("expression_pattern", shots=4, queries=4)
-                + _fewshot_prompts("parity_pattern", shots=4, queries=3) + ["Hello"])
+    contexts = (
+        _fewshot_prompts("expression_pattern", shots=4, queries=4)
+        + _fewshot_prompts("parity_pattern", shots=4, queries=3)
+        + ["Hello"]
+    )
     want = hf.generate_until(_gen(contexts))
     ours.reset_stats()
     got = ours.generate_until(_gen(contexts))
@@ -173,9 +185,11 @@ def test_loglikelihood_rolling_is_hf(hf, ours):
 
 @pytest.mark.parametrize("room", ["one prefix", "none"])
 def test_lru_stays_within_its_bound(tiny_llama, hf, ours, room):
-    contexts = (_fewshot_prompts("expression_pattern", shots=4, queries=3)
-                + _fewshot_prompts("boolean_pattern", shots=4, queries=3)
-                + _fewshot_prompts("relation_pattern", shots=4, queries=3))
+    contexts = (
+        _fewshot_prompts("expression_pattern", shots=4, queries=3)
+        + _fewshot_prompts("boolean_pattern", shots=4, queries=3)
+        + _fewshot_prompts("relation_pattern", shots=4, queries=3)
+    )
     ours.clear_prefix_cache()
     ours.generate_until(_gen(contexts))
     sizes = [n for _, n in ours._lru.values()]
@@ -211,8 +225,9 @@ def test_simple_evaluate_gives_hf_responses(hf, ours):
     tasks = ["expression_pattern_2shot", "parity_pattern_mc_2shot"]
     responses = []
     for lm in (hf, ours):
-        tm = iclvsft_tasks.task_manager(test_size=8, validation_size=4, train_size=64, test_broken_size=8,
-                                        demos="fixed", draw=1)
+        tm = iclvsft_tasks.task_manager(
+            test_size=8, validation_size=4, train_size=64, test_broken_size=8, demos="fixed", draw=1
+        )
         result = simple_evaluate(model=lm, tasks=tasks, task_manager=tm, bootstrap_iters=0, log_samples=True)
         responses.append({t: [s["resps"] for s in result["samples"][t]] for t in tasks})
     want, got = responses

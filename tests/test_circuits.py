@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from iclvsft_tasks.circuits import (
+from iclvsft.circuits import (
     CircuitsConfig,
     Pair,
     activation_scores,
@@ -40,11 +40,18 @@ def _env():
 
 
 def _cli(args, timeout=300):
-    return subprocess.run([str(BIN / "iclvsft"), "circuits", *args], check=False, capture_output=True, text=True,
-                          timeout=timeout, env=_env())
+    return subprocess.run(
+        [str(BIN / "iclvsft"), "circuits", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=_env(),
+    )
 
 
 # --------------------------------------------------------------------------- hand-built models
+
 
 def _handmade(carrier: str):
     """A 2-layer Llama in which only one component writes to the residual stream.
@@ -56,12 +63,21 @@ def _handmade(carrier: str):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=12, hidden_size=8, intermediate_size=16, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, head_dim=4, max_position_embeddings=64,
-                         tie_word_embeddings=False, rms_norm_eps=1e-6)
+    config = LlamaConfig(
+        vocab_size=12,
+        hidden_size=8,
+        intermediate_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        head_dim=4,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+        rms_norm_eps=1e-6,
+    )
     model = LlamaForCausalLM(config).eval()
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.dim() == 2:
                 p.normal_(0, 0.7)
         emb = model.model.embed_tokens.weight
@@ -113,6 +129,7 @@ def test_patching_the_one_mlp_that_carries_the_difference_restores_the_metric():
 
 # --------------------------------------------------------------------------- architectures, agreement
 
+
 def _random_model(arch: str):
     from transformers import (
         Gemma3ForCausalLM,
@@ -124,16 +141,28 @@ def _random_model(arch: str):
     )
 
     torch.manual_seed(1)
-    common = {"vocab_size": 50, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3,
-              "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128}
+    common = {
+        "vocab_size": 50,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 128,
+    }
     if arch == "llama":
         model = LlamaForCausalLM(LlamaConfig(**common))
     elif arch == "qwen2":
         model = Qwen2ForCausalLM(Qwen2Config(**common))
     else:  # head_dim 16 != hidden 32 / 4 heads, as Gemma 3 270M has (256 vs 640 / 4)
-        model = Gemma3ForCausalLM(Gemma3TextConfig(**common, head_dim=16, sliding_window=8,
-                                                   layer_types=["sliding_attention", "full_attention",
-                                                                "sliding_attention"]))
+        model = Gemma3ForCausalLM(
+            Gemma3TextConfig(
+                **common,
+                head_dim=16,
+                sliding_window=8,
+                layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+            )
+        )
     with torch.no_grad():
         for p in model.parameters():
             if p.dim() == 2:
@@ -174,7 +203,7 @@ def test_attribution_agrees_with_activation_patching(arch):
 
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
 def test_the_shared_prefix_cache_leaves_the_scores_unchanged(arch):
-    from iclvsft_tasks.circuits.patching import prefix_cache
+    from iclvsft.circuits.patching import prefix_cache
 
     model = _random_model(arch)
     shared = (5, 6, 7, 8, 9, 10)  # e.g. the demonstrations, in every pair
@@ -198,12 +227,13 @@ def test_a_model_without_decoder_layers_is_refused():
 
 # --------------------------------------------------------------------------- pairs
 
+
 def test_pairs_match_length_shortcut_and_first_tokens(tiny_llama):
     from transformers import AutoTokenizer
 
+    from iclvsft_tasks.data.splits import SplitSpec, build_split
     from iclvsft_tasks.demos import fixed_demos
     from iclvsft_tasks.prompts import render_prompt
-    from iclvsft_tasks.splits import SplitSpec, build_split
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
     pairs = make_pairs("parity_pattern", tokenizer, (0, 2), 4, sizes=SIZES)
@@ -226,8 +256,8 @@ def test_pairs_match_length_shortcut_and_first_tokens(tiny_llama):
 def test_an_item_pair_that_does_not_match_is_one_clear_error(tiny_llama):
     from transformers import AutoTokenizer
 
+    from iclvsft_tasks.data.splits import SplitSpec, build_split
     from iclvsft_tasks.prompts import render_prompt
-    from iclvsft_tasks.splits import SplitSpec, build_split
 
     with pytest.raises(IclvsftError, match="positions would not align"):
         Pair(clean_ids=(1, 2, 3), corrupt_ids=(1, 2), target=0, foil=1)
@@ -238,19 +268,22 @@ def test_an_item_pair_that_does_not_match_is_one_clear_error(tiny_llama):
     clean = build_split(spec, "test")[0]
     length = len(tokenizer(render_prompt(clean))["input_ids"])
     for corrupt in build_split(spec, "test_broken"):
-        if (corrupt["shortcut_answer"] == clean["answer"]
-                and len(tokenizer(render_prompt(corrupt))["input_ids"]) != length):
+        if (
+            corrupt["shortcut_answer"] == clean["answer"]
+            and len(tokenizer(render_prompt(corrupt))["input_ids"]) != length
+        ):
             break
     with pytest.raises(IclvsftError, match="do not make a pair: the prompts have") as info:
         build_pair(clean, corrupt, tokenizer)
     assert "\n" not in str(info.value)
     with pytest.raises(IclvsftError, match="pattern-broken"):
         build_pair(clean, clean, tokenizer)
-    with pytest.raises(IclvsftError, match="only 0 matchable|only [0-9]+ matchable"):
+    with pytest.raises(IclvsftError, match=r"only [0-9]+ matchable"):
         make_pairs("parity_pattern", tokenizer, 0, 500, sizes=SIZES)
 
 
 # --------------------------------------------------------------------------- shift
+
 
 def test_shift_figures():
     base = np.array([[0.5, 0.25], [0.25, 0.0]])
@@ -283,9 +316,18 @@ def test_shift_figures():
 
 
 def test_identical_models_give_zero_shift(tiny_llama, tmp_path):
-    config = CircuitsConfig(model=str(tiny_llama), task="parity_pattern", shots=2, ft_checkpoint=str(tiny_llama),
-                            items=5, out=str(tmp_path / "same"), check_items=2, sizes=SIZES, bootstrap=300,
-                            progress=False)
+    config = CircuitsConfig(
+        model=str(tiny_llama),
+        task="parity_pattern",
+        shots=2,
+        ft_checkpoint=str(tiny_llama),
+        items=5,
+        out=str(tmp_path / "same"),
+        check_items=2,
+        sizes=SIZES,
+        bootstrap=300,
+        progress=False,
+    )
     result = run_circuits(config)
     for kind in ("heads", "mlps"):
         ft = result["shift"][kind]["conditions"]["ft"]
@@ -301,6 +343,7 @@ def test_identical_models_give_zero_shift(tiny_llama, tmp_path):
 
 # --------------------------------------------------------------------------- CLI and compare
 
+
 @pytest.fixture(scope="module")
 def lora_adapter(tiny_llama, tmp_path_factory):
     from peft import LoraConfig, get_peft_model
@@ -308,8 +351,9 @@ def lora_adapter(tiny_llama, tmp_path_factory):
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(tiny_llama)
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "o_proj"],
-                                                  init_lora_weights=False))
+    peft_model = get_peft_model(
+        model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "o_proj"], init_lora_weights=False)
+    )
     directory = tmp_path_factory.mktemp("lora") / "adapter"
     peft_model.save_pretrained(directory)
     return directory
@@ -321,9 +365,27 @@ def _size_flags():
 
 def test_cli_end_to_end_with_a_lora_checkpoint(tiny_llama, lora_adapter, tmp_path):
     out = tmp_path / "run"
-    proc = _cli(["--model", str(tiny_llama), "--task", "parity_pattern", "--shots", "2", "--items", "4",
-                 "--ft-checkpoint", str(lora_adapter), "--check-items", "1", "--bootstrap", "200", "--out", str(out),
-                 *_size_flags()])
+    proc = _cli(
+        [
+            "--model",
+            str(tiny_llama),
+            "--task",
+            "parity_pattern",
+            "--shots",
+            "2",
+            "--items",
+            "4",
+            "--ft-checkpoint",
+            str(lora_adapter),
+            "--check-items",
+            "1",
+            "--bootstrap",
+            "200",
+            "--out",
+            str(out),
+            *_size_flags(),
+        ]
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "report:" in proc.stdout and "attention heads" in proc.stdout
     result = json.loads((out / "circuits.json").read_text())
@@ -335,7 +397,13 @@ def test_cli_end_to_end_with_a_lora_checkpoint(tiny_llama, lora_adapter, tmp_pat
     assert result["settings"]["sizes"]["test"] == 60 and result["timing"]["wall_s"] > 0
     import matplotlib.image
 
-    pngs = ["heatmap_base.png", "heatmap_icl.png", "heatmap_ft.png", "diff_icl_minus_base.png", "diff_ft_minus_base.png"]
+    pngs = [
+        "heatmap_base.png",
+        "heatmap_icl.png",
+        "heatmap_ft.png",
+        "diff_icl_minus_base.png",
+        "diff_ft_minus_base.png",
+    ]
     for name in pngs:
         image = matplotlib.image.imread(out / name)
         assert image.shape[0] > 50 and image.shape[1] > 50
@@ -355,16 +423,25 @@ def other_architecture(tiny_llama, tmp_path_factory):
     return directory
 
 
-@pytest.mark.parametrize("case, message", [
-    ("architecture", "another architecture than the base model (num_hidden_layers 3 vs 2"),
-    ("task", "unknown task 'nope'"),
-    ("missing", "does not exist"),
-    ("items", "matchable clean/corrupt pairs found"),
-    ("out", "is not a directory"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("architecture", "another architecture than the base model (num_hidden_layers 3 vs 2"),
+        ("task", "unknown task 'nope'"),
+        ("missing", "does not exist"),
+        ("items", "matchable clean/corrupt pairs found"),
+        ("out", "is not a directory"),
+    ],
+)
 def test_bad_input_is_one_line(case, message, tiny_llama, other_architecture, tmp_path):
-    args = {"--model": str(tiny_llama), "--task": "parity_pattern", "--shots": "2", "--items": "3",
-            "--ft-checkpoint": str(tiny_llama), "--out": str(tmp_path / "o")}
+    args = {
+        "--model": str(tiny_llama),
+        "--task": "parity_pattern",
+        "--shots": "2",
+        "--items": "3",
+        "--ft-checkpoint": str(tiny_llama),
+        "--out": str(tmp_path / "o"),
+    }
     if case == "architecture":
         args["--ft-checkpoint"] = str(other_architecture)
     elif case == "task":
@@ -383,21 +460,40 @@ def test_bad_input_is_one_line(case, message, tiny_llama, other_architecture, tm
 
 
 def test_compare_circuits_runs_at_the_chosen_k_and_n(tiny_llama, tmp_path):
-    from iclvsft_tasks.compare import report
-    from iclvsft_tasks.compare.config import Experiment
-    from iclvsft_tasks.compare.run import run_circuit_analyses
-    from iclvsft_tasks.models import model_label
+    from iclvsft.compare import report
+    from iclvsft.compare.config import Experiment
+    from iclvsft.compare.run import run_circuit_analyses
+    from iclvsft.models import model_label
 
     label = model_label(str(tiny_llama))
-    exp = Experiment(model=str(tiny_llama), tasks=["parity_pattern"], shots=[0, 2], ft_samples=[8],
-                     test_size=60, test_broken_size=60, validation_size=5, train_size=40, out=str(tmp_path),
-                     circuits=True, circuit_items=4)
+    exp = Experiment(
+        model=str(tiny_llama),
+        tasks=["parity_pattern"],
+        shots=[0, 2],
+        ft_samples=[8],
+        test_size=60,
+        test_broken_size=60,
+        validation_size=5,
+        train_size=40,
+        out=str(tmp_path),
+        circuits=True,
+        circuit_items=4,
+    )
     base = {"model": label, "task": "parity_pattern", "split": "validation", "seed": 0, "n": 5, "draw": 0}
-    records = [{**base, "condition": "icl", "shots": 0, "ft_samples": 0, "correct": 1, "accuracy": 0.2, "key": "a"},
-               {**base, "condition": "icl", "shots": 2, "ft_samples": 0, "correct": 4, "accuracy": 0.8, "key": "b",
-                "draw": 1},
-               {**base, "condition": "ft", "shots": 0, "ft_samples": 8, "correct": 3, "accuracy": 0.6, "key": "c",
-                "checkpoint": str(tiny_llama)}]
+    records = [
+        {**base, "condition": "icl", "shots": 0, "ft_samples": 0, "correct": 1, "accuracy": 0.2, "key": "a"},
+        {**base, "condition": "icl", "shots": 2, "ft_samples": 0, "correct": 4, "accuracy": 0.8, "key": "b", "draw": 1},
+        {
+            **base,
+            "condition": "ft",
+            "shots": 0,
+            "ft_samples": 8,
+            "correct": 3,
+            "accuracy": 0.6,
+            "key": "c",
+            "checkpoint": str(tiny_llama),
+        },
+    ]
     (tmp_path / "report.md").write_text("# ICL vs fine-tuning\n\nbody\n")
     lines, summary = run_circuit_analyses(exp, records, tmp_path, label)
     report.append_section(tmp_path / "report.md", lines)
@@ -418,7 +514,7 @@ def test_compare_circuits_runs_at_the_chosen_k_and_n(tiny_llama, tmp_path):
 
 
 def test_experiment_circuit_settings_are_validated():
-    from iclvsft_tasks.compare.config import Experiment, load_experiment
+    from iclvsft.compare.config import Experiment, load_experiment
 
     assert Experiment().circuits is False and Experiment().circuit_items == 50
     assert load_experiment(None, {"circuits": True, "circuit_items": 7}).circuit_items == 7
@@ -429,16 +525,27 @@ def test_experiment_circuit_settings_are_validated():
 
 
 def test_compare_with_circuits_adds_the_section_to_its_report(tiny_llama, tmp_path):
-    from iclvsft_tasks.cli import build_parser
-    from iclvsft_tasks.compare.config import Experiment
-    from iclvsft_tasks.compare.run import run_compare
+    from iclvsft.cli import build_parser
+    from iclvsft.compare.config import Experiment
+    from iclvsft.compare.run import run_compare
 
     args, _ = build_parser().parse_known_args(["compare", "--circuits", "--circuit-items", "5"])
     assert args.circuits is True and args.circuit_items == 5
     assert build_parser().parse_known_args(["compare"])[0].circuits is None  # the YAML's value stands
-    exp = Experiment(model=str(tiny_llama), tasks=["parity_pattern"], shots=[0, 1], ft_samples=[], test_size=4,
-                     test_broken_size=4, validation_size=4, train_size=40, draws=1, out=str(tmp_path / "cmp"),
-                     circuits=True, circuit_items=2)
+    exp = Experiment(
+        model=str(tiny_llama),
+        tasks=["parity_pattern"],
+        shots=[0, 1],
+        ft_samples=[],
+        test_size=4,
+        test_broken_size=4,
+        validation_size=4,
+        train_size=40,
+        draws=1,
+        out=str(tmp_path / "cmp"),
+        circuits=True,
+        circuit_items=2,
+    )
     meta = run_compare(exp)
     text = (tmp_path / "cmp" / "report.md").read_text()
     assert text.index("## Verdicts") < text.index("## Circuit shift") and "### `parity_pattern`" in text

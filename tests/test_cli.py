@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from iclvsft_tasks.cli import main
-from iclvsft_tasks.splits import SplitSpec, build_split, fingerprints
+from iclvsft.cli import main
+from iclvsft_tasks.data.splits import SplitSpec, build_split, fingerprints
 
 
 def run(capsys, *argv):
@@ -23,13 +23,31 @@ def test_tasks_lists_all_five(capsys):
     code, out, _ = run(capsys, "tasks")
     assert code == 0
     assert [line.split()[0] for line in out.splitlines()] == [
-        "expression_pattern", "code_pattern", "boolean_pattern", "relation_pattern", "parity_pattern"]
+        "expression_pattern",
+        "code_pattern",
+        "boolean_pattern",
+        "relation_pattern",
+        "parity_pattern",
+    ]
 
 
 def test_export_jsonl_writes_the_split_items(tmp_path, capsys):
     out = tmp_path / "sub" / "relation.jsonl"
-    code, _, err = run(capsys, "data", "export", "--task", "relation_pattern", "--split", "validation",
-                       "--size", "25", "--seed", "4", "--out", str(out))
+    code, _, err = run(
+        capsys,
+        "data",
+        "export",
+        "--task",
+        "relation_pattern",
+        "--split",
+        "validation",
+        "--size",
+        "25",
+        "--seed",
+        "4",
+        "--out",
+        str(out),
+    )
     assert code == 0 and "wrote 25" in err
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     expected = build_split(SplitSpec("relation_pattern", seed=4, validation_size=25), "validation")
@@ -41,8 +59,21 @@ def test_export_hf_writes_a_datasets_directory(tmp_path, capsys):
     import datasets
 
     out = tmp_path / "hf"
-    code, _, _ = run(capsys, "data", "export", "--task", "code_pattern", "--split", "test_broken",
-                     "--size", "10", "--format", "hf", "--out", str(out))
+    code, _, _ = run(
+        capsys,
+        "data",
+        "export",
+        "--task",
+        "code_pattern",
+        "--split",
+        "test_broken",
+        "--size",
+        "10",
+        "--format",
+        "hf",
+        "--out",
+        str(out),
+    )
     assert code == 0
     loaded = datasets.load_from_disk(str(out))
     assert len(loaded) == 10 and set(loaded[0]["meta"]) == {"program", "input"}
@@ -57,20 +88,27 @@ def test_fingerprint_prints_every_split(capsys):
     assert {r["split"]: r["fingerprint"] for r in rows} == expected
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--task", "parity"], "unknown task 'parity'"),
-    (["--task", "parity_pattern,code_pattern"], "one task at a time"),
-    (["--task", "parity_pattern", "--size", "-5"], "non-negative integer"),
-    (["--task", "parity_pattern", "--train-size", "-1"], "non-negative integer"),
-    (["--task", "parity_pattern", "--size", "x"], "expected an integer"),
-    (["--task", "parity_pattern", "--seed", "1.5"], "invalid int value"),
-    (["--task", "parity_pattern", "--split", "dev"], "invalid choice"),
-    (["--task", "parity_pattern", "--split", "train", "--size", "99999999"], "train size must be between"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--task", "parity"], "unknown task 'parity'"),
+        (["--task", "parity_pattern,code_pattern"], "one task at a time"),
+        (["--task", "parity_pattern", "--size", "-5"], "non-negative integer"),
+        (["--task", "parity_pattern", "--train-size", "-1"], "non-negative integer"),
+        (["--task", "parity_pattern", "--size", "x"], "expected an integer"),
+        (["--task", "parity_pattern", "--seed", "1.5"], "invalid int value"),
+        (["--task", "parity_pattern", "--split", "dev"], "invalid choice"),
+        (["--task", "parity_pattern", "--split", "train", "--size", "99999999"], "train size must be between"),
+    ],
+)
 def test_bad_input_is_one_line_and_non_zero_and_writes_nothing(tmp_path, argv, message):
     out = tmp_path / "out.jsonl"
-    proc = subprocess.run([sys.executable, "-m", "iclvsft_tasks.cli", "data", "export", *argv, "--out", str(out)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "iclvsft.cli", "data", "export", *argv, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode != 0
     assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "Traceback" not in proc.stderr
@@ -78,8 +116,7 @@ def test_bad_input_is_one_line_and_non_zero_and_writes_nothing(tmp_path, argv, m
 
 
 def test_an_impossible_size_for_the_generator_is_reported(tmp_path, monkeypatch, capsys):
-    import iclvsft_tasks.splits as splits
-
+    import iclvsft_tasks.data.splits as splits
     from iclvsft_tasks.tasks.parity import ParityConfig
 
     # The default parity space is huge; shrink it to 27 questions through the task's settings.
@@ -96,16 +133,20 @@ def test_an_impossible_size_for_the_generator_is_reported(tmp_path, monkeypatch,
     assert not out.exists()
 
 
-@pytest.mark.parametrize("make_target", [
-    lambda tmp: tmp / "a_file" / "out.jsonl",   # parent is a regular file
-    lambda tmp: tmp / "a_dir",                  # target is a directory
-])
+@pytest.mark.parametrize(
+    "make_target",
+    [
+        lambda tmp: tmp / "a_file" / "out.jsonl",  # parent is a regular file
+        lambda tmp: tmp / "a_dir",  # target is a directory
+    ],
+)
 def test_unwritable_output_is_one_line_and_leaves_nothing(tmp_path, capsys, make_target):
     (tmp_path / "a_file").write_text("keep me")
     (tmp_path / "a_dir").mkdir()
     before = sorted(p.name for p in tmp_path.iterdir())
-    code, _, err = run(capsys, "data", "export", "--task", "parity_pattern", "--size", "3",
-                       "--out", str(make_target(tmp_path)))
+    code, _, err = run(
+        capsys, "data", "export", "--task", "parity_pattern", "--size", "3", "--out", str(make_target(tmp_path))
+    )
     assert code == 2 and err.startswith("iclvsft: error: cannot write") and len(err.strip().splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     assert (tmp_path / "a_file").read_text() == "keep me"
@@ -114,7 +155,7 @@ def test_unwritable_output_is_one_line_and_leaves_nothing(tmp_path, capsys, make
 def test_a_failed_export_keeps_the_previous_file(tmp_path, monkeypatch, capsys):
     out = tmp_path / "out.jsonl"
     out.write_text("previous\n")
-    import iclvsft_tasks.cli as cli
+    import iclvsft.cli as cli
 
     def explode(item, **kwargs):
         raise KeyboardInterrupt

@@ -40,7 +40,11 @@ def _drafts(pattern: bool, seed: int, n: int = N_ITEMS, config: CodeConfig | Non
 def _run_batch(programs: list[str]) -> list[str]:
     proc = subprocess.run(
         [sys.executable, "-c", _HARNESS],
-        input=json.dumps(programs), capture_output=True, text=True, timeout=60, check=True,
+        input=json.dumps(programs),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     return json.loads(proc.stdout)
 
@@ -107,16 +111,34 @@ def test_distractor_is_varied(items: dict[bool, list]) -> None:
                 seen.add(type(node.op).__name__)
             else:
                 seen.add(type(node).__name__)
-    expected = {"For", "While", "If", "AugAssign", "And", "Or", "USub", "FloorDiv", "Mod", "Mult",
-                "math.gcd", "math.isqrt", "math.factorial", "abs", "max", "min", "range"}
+    expected = {
+        "For",
+        "While",
+        "If",
+        "AugAssign",
+        "And",
+        "Or",
+        "USub",
+        "FloorDiv",
+        "Mod",
+        "Mult",
+        "math.gcd",
+        "math.isqrt",
+        "math.factorial",
+        "abs",
+        "max",
+        "min",
+        "range",
+    }
     assert expected <= seen, expected - seen
 
 
 def test_standalone_subprocess() -> None:
     drafts = _drafts(True, 21, 10) + _drafts(False, 22, 10)
     for draft in drafts:
-        proc = subprocess.run([sys.executable, "-c", draft.meta["program"]],
-                              capture_output=True, text=True, timeout=10, check=True)
+        proc = subprocess.run(
+            [sys.executable, "-c", draft.meta["program"]], capture_output=True, text=True, timeout=10, check=True
+        )
         assert proc.stdout.strip() == draft.answer
 
 
@@ -149,18 +171,27 @@ def test_deterministic() -> None:
 
 def test_solver_refuses_unsupported_code() -> None:
     task = CodePattern()
-    for program in ("import os\nprint(1)", "print(7 / 2)", "x = 'a'\nprint(x)",
-                    "print(eval('1'))", "def f():\n    return [1]\nprint(f())", "while True:\n    x = 1"):
+    for program in (
+        "import os\nprint(1)",
+        "print(7 / 2)",
+        "x = 'a'\nprint(x)",
+        "print(eval('1'))",
+        "def f():\n    return [1]\nprint(f())",
+        "while True:\n    x = 1",
+    ):
         with pytest.raises(ValueError):
             task.solve({"program": program, "input": 0})
 
 
-@pytest.mark.parametrize("changes", [
-    {"input_range": (5, 1)},
-    {"input_range": (-3, 4)},
-    {"distractor_blocks": (0, 2)},
-    {"distractor_blocks": (2, 9)},
-])
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"input_range": (5, 1)},
+        {"input_range": (-3, 4)},
+        {"distractor_blocks": (0, 2)},
+        {"distractor_blocks": (2, 9)},
+    ],
+)
 def test_bad_config(changes: dict) -> None:
     with pytest.raises(IclvsftError):
         CodeConfig(**changes).validate()

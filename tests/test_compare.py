@@ -13,12 +13,19 @@ from pathlib import Path
 
 import pytest
 
-from iclvsft_tasks.compare import run as compare_run
-from iclvsft_tasks.compare.config import Experiment, load_experiment
+from iclvsft.compare import run as compare_run
+from iclvsft.compare.config import Experiment, load_experiment
 
 BIN = Path(sys.executable).parent
-SMALL = {"tasks": ["parity_pattern"], "shots": [0, 1, 3], "test_size": 6, "test_broken_size": 6,
-         "validation_size": 6, "train_size": 60, "draws": 2}
+SMALL = {
+    "tasks": ["parity_pattern"],
+    "shots": [0, 1, 3],
+    "test_size": 6,
+    "test_broken_size": 6,
+    "validation_size": 6,
+    "train_size": 60,
+    "draws": 2,
+}
 
 
 def _env():
@@ -26,14 +33,34 @@ def _env():
 
 
 def _compare(args, timeout=900, **kwargs):
-    return subprocess.run([str(BIN / "iclvsft"), "compare", *args], capture_output=True, text=True,
-                          timeout=timeout, env=_env(), **kwargs)
+    return subprocess.run(
+        [str(BIN / "iclvsft"), "compare", *args], capture_output=True, text=True, timeout=timeout, env=_env(), **kwargs
+    )
 
 
 def _flags(model: Path, out: Path, ft: str = "8,16") -> list[str]:
-    return ["--model", str(model), "--tasks", "parity_pattern", "--shots", "0,1,3", "--ft-samples", ft,
-            "--test-size", "6", "--test-broken-size", "6", "--validation-size", "6", "--train-size", "60",
-            "--draws", "2", "--out", str(out)]
+    return [
+        "--model",
+        str(model),
+        "--tasks",
+        "parity_pattern",
+        "--shots",
+        "0,1,3",
+        "--ft-samples",
+        ft,
+        "--test-size",
+        "6",
+        "--test-broken-size",
+        "6",
+        "--validation-size",
+        "6",
+        "--train-size",
+        "60",
+        "--draws",
+        "2",
+        "--out",
+        str(out),
+    ]
 
 
 def _stable(records):
@@ -56,8 +83,23 @@ def test_compare_writes_every_cell_result_plot_and_report(full_run):
     assert len(icl) == (1 + 2 + 2) * 3 and len(ft) == 2 * 3  # k=0 once, k=1 and k=3 in 2 draws each
     assert {r["split"] for r in records} == {"validation", "test", "test_broken"}
     for r in records:
-        assert set(r) >= {"condition", "model", "task", "split", "shots", "ft_samples", "n", "accuracy", "ci_low",
-                          "ci_high", "fingerprint", "prompt_tokens", "train_tokens", "wall_time_s", "predictions"}
+        assert set(r) >= {
+            "condition",
+            "model",
+            "task",
+            "split",
+            "shots",
+            "ft_samples",
+            "n",
+            "accuracy",
+            "ci_low",
+            "ci_high",
+            "fingerprint",
+            "prompt_tokens",
+            "train_tokens",
+            "wall_time_s",
+            "predictions",
+        }
         assert r["n"] == 6 and r["ci_low"] <= r["accuracy"] <= r["ci_high"]
         rows = [json.loads(line) for line in (out / r["predictions"]).read_text().splitlines()]
         assert len(rows) == 6 and sum(row["correct"] for row in rows) == r["correct"]
@@ -68,8 +110,12 @@ def test_compare_writes_every_cell_result_plot_and_report(full_run):
     assert demos[(3, 1)][:1] == demos[(1, 1)] and demos[(3, 2)][:1] == demos[(1, 2)]  # nested across k
     assert demos[(3, 1)] != demos[(3, 2)] and len(demos[(3, 1)]) == 3
     assert {r["demos"] for r in icl} == {None, "fixed"} and {r["draw"] for r in ft} == {0}
-    test_items = {json.loads(line)["id"] for r in records if r["split"] == "test"
-                  for line in (out / r["predictions"]).read_text().splitlines()}
+    test_items = {
+        json.loads(line)["id"]
+        for r in records
+        if r["split"] == "test"
+        for line in (out / r["predictions"]).read_text().splitlines()
+    }
     assert len(test_items) == 6  # every condition is scored on the same items
     assert (out / "results.csv").read_text().count("\n") == len(records) + 1
     import matplotlib.image
@@ -98,8 +144,9 @@ def test_a_killed_run_resumes_to_the_same_results(full_run, tiny_llama, tmp_path
     reference = json.loads((full_run[0] / "results.json").read_text())
     out = tmp_path / "killed"
     args = [str(BIN / "iclvsft"), "compare", *_flags(tiny_llama, out), "--learning_rate", "3e-3"]
-    process = subprocess.Popen(args, env=_env(), start_new_session=True, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        args, env=_env(), start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 300
     try:
         while time.time() < deadline and len(list((out / "cells").glob("*.json"))) < 2:
@@ -138,12 +185,22 @@ def test_a_changed_generator_invalidates_cells_instead_of_mixing(tiny_llama, tmp
 
 
 def test_vllm_backend_arguments_are_passed_through(tmp_path):
-    exp = Experiment(eval_backend="vllm", eval_args={"tensor_parallel_size": 2, "data_parallel_size": 4,
-                                                     "gpu_memory_utilization": 0.8}, ft_samples=[], **SMALL)
+    exp = Experiment(
+        eval_backend="vllm",
+        eval_args={"tensor_parallel_size": 2, "data_parallel_size": 4, "gpu_memory_utilization": 0.8},
+        ft_samples=[],
+        **SMALL,
+    )
     name, args = compare_run.lm_spec(exp, "/models/base")
     assert name == "vllm"
-    assert args == {"pretrained": "/models/base", "dtype": "float32", "tensor_parallel_size": 2,
-                    "data_parallel_size": 4, "gpu_memory_utilization": 0.8, "enable_prefix_caching": True}
+    assert args == {
+        "pretrained": "/models/base",
+        "dtype": "float32",
+        "tensor_parallel_size": 2,
+        "data_parallel_size": 4,
+        "gpu_memory_utilization": 0.8,
+        "enable_prefix_caching": True,
+    }
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text(json.dumps({"r": 32}))
@@ -168,8 +225,13 @@ def test_experiment_flags_override_the_yaml(tmp_path):
 
 
 def test_per_item_demonstrations_run_one_cell_per_k(tiny_llama, tmp_path):
-    exp = Experiment(model=str(tiny_llama), out=str(tmp_path / "pi"), ft_samples=[],
-                     **{**SMALL, "draws": None, "shots": [0, 2]}, demos="per-item")
+    exp = Experiment(
+        model=str(tiny_llama),
+        out=str(tmp_path / "pi"),
+        ft_samples=[],
+        **{**SMALL, "draws": None, "shots": [0, 2]},
+        demos="per-item",
+    )
     compare_run.run_compare(exp)
     records = json.loads((tmp_path / "pi" / "results.json").read_text())
     assert len(records) == 2 * 3 and {r["draw"] for r in records} == {0}
@@ -177,22 +239,41 @@ def test_per_item_demonstrations_run_one_cell_per_k(tiny_llama, tmp_path):
     assert all("demo_ids" not in r for r in records)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--tasks", "nope"], "unknown task 'nope'"),
-    (["--model", "no-such-alias"], "no-such-alias"),
-    (["--shots", "0,5000", "--train-size", "100"], "5000 shots"),
-    (["--ft-samples", "500", "--train-size", "100"], "exceed the train split"),
-    (["--ft-samples", "10"], "not a multiple of the effective batch 4"),
-    (["--config", "nonexistent.yaml"], "not found"),
-    (["--eval-backend", "tgi"], "invalid choice"),
-    (["--draws", "0"], "draws must be an integer >= 1"),
-    (["--demos", "random"], "invalid choice"),
-    (["--demos", "per-item", "--draws", "3"], "draws apply to fixed demonstrations"),
-    (["--eval-args", "no_such_arg=1", "--ft-samples", ""], "cannot load model"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--tasks", "nope"], "unknown task 'nope'"),
+        (["--model", "no-such-alias"], "no-such-alias"),
+        (["--shots", "0,5000", "--train-size", "100"], "5000 shots"),
+        (["--ft-samples", "500", "--train-size", "100"], "exceed the train split"),
+        (["--ft-samples", "10"], "not a multiple of the effective batch 4"),
+        (["--config", "nonexistent.yaml"], "not found"),
+        (["--eval-backend", "tgi"], "invalid choice"),
+        (["--draws", "0"], "draws must be an integer >= 1"),
+        (["--demos", "random"], "invalid choice"),
+        (["--demos", "per-item", "--draws", "3"], "draws apply to fixed demonstrations"),
+        (["--eval-args", "no_such_arg=1", "--ft-samples", ""], "cannot load model"),
+    ],
+)
 def test_bad_input_is_one_line(tiny_llama, tmp_path, args, message):
-    base = ["--model", str(tiny_llama), "--tasks", "parity_pattern", "--shots", "0", "--ft-samples", "8",
-            "--test-size", "4", "--validation-size", "4", "--train-size", "60", "--out", str(tmp_path / "o")]
+    base = [
+        "--model",
+        str(tiny_llama),
+        "--tasks",
+        "parity_pattern",
+        "--shots",
+        "0",
+        "--ft-samples",
+        "8",
+        "--test-size",
+        "4",
+        "--validation-size",
+        "4",
+        "--train-size",
+        "60",
+        "--out",
+        str(tmp_path / "o"),
+    ]
     proc = _compare([*base, *args], timeout=300)
     lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
@@ -208,9 +289,27 @@ def test_out_that_is_a_file_and_a_model_that_fails_to_load(tiny_llama, tmp_path)
     broken = tmp_path / "broken-model"
     broken.mkdir()
     (broken / "config.json").write_text("{}")
-    proc = _compare(["--model", str(broken), "--tasks", "parity_pattern", "--shots", "0", "--ft-samples", "",
-                     "--test-size", "4", "--validation-size", "4", "--train-size", "20", "--out", str(tmp_path / "o2")],
-                    timeout=300)
+    proc = _compare(
+        [
+            "--model",
+            str(broken),
+            "--tasks",
+            "parity_pattern",
+            "--shots",
+            "0",
+            "--ft-samples",
+            "",
+            "--test-size",
+            "4",
+            "--validation-size",
+            "4",
+            "--train-size",
+            "20",
+            "--out",
+            str(tmp_path / "o2"),
+        ],
+        timeout=300,
+    )
     lines = [line for line in proc.stderr.strip().splitlines() if line.strip() and "%" not in line]
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert [line for line in lines if "error:" in line] == [lines[-1]] and "cannot load model" in lines[-1]

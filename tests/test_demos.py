@@ -8,9 +8,9 @@ from conftest import SMALL_METADATA
 
 import iclvsft_tasks
 from iclvsft_tasks import demos, lm_eval_glue
+from iclvsft_tasks.data.splits import SplitSpec, build_split
 from iclvsft_tasks.errors import IclvsftError
 from iclvsft_tasks.prompts import render_prompt
-from iclvsft_tasks.splits import SplitSpec, build_split
 
 SPEC = lm_eval_glue.spec_from_metadata("expression_pattern", SMALL_METADATA)
 
@@ -66,15 +66,19 @@ def test_more_shots_than_the_pool_is_one_clear_error():
     with pytest.raises(IclvsftError, match="4 demonstrations requested but the train split holds 3"):
         task.fewshot_context(next(iter(task.test_docs())), num_fewshot=4)
     with pytest.raises(IclvsftError, match="train split holds 3"):
-        demos.fixed_demos(SplitSpec("expression_pattern", train_size=3, test_size=2, test_broken_size=2,
-                                    validation_size=2), 1, 4)
+        demos.fixed_demos(
+            SplitSpec("expression_pattern", train_size=3, test_size=2, test_broken_size=2, validation_size=2), 1, 4
+        )
 
 
-@pytest.mark.parametrize("settings, message", [
-    ({"demos": "random"}, "demonstration mode must be one of per-item, fixed"),
-    ({"demos": "fixed", "draw": 0}, "iclvsft_draw must be an integer >= 1"),
-    ({"draw": 2}, "iclvsft_draw needs iclvsft_demos=fixed"),
-])
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"demos": "random"}, "demonstration mode must be one of per-item, fixed"),
+        ({"demos": "fixed", "draw": 0}, "iclvsft_draw must be an integer >= 1"),
+        ({"draw": 2}, "iclvsft_draw needs iclvsft_demos=fixed"),
+    ],
+)
 def test_bad_demo_settings_are_refused(settings, message):
     with pytest.raises(IclvsftError, match=message):
         iclvsft_tasks.task_manager(**settings)

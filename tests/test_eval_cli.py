@@ -32,8 +32,20 @@ def _results(output_dir: Path) -> dict:
 
 
 def _model_args(model: Path) -> list[str]:
-    return ["--model", "hf", "--model_args", f"pretrained={model},dtype=float32", "--device", "cpu",
-            "--batch_size", "2", "--limit", "2", "--metadata", METADATA]
+    return [
+        "--model",
+        "hf",
+        "--model_args",
+        f"pretrained={model},dtype=float32",
+        "--device",
+        "cpu",
+        "--batch_size",
+        "2",
+        "--limit",
+        "2",
+        "--metadata",
+        METADATA,
+    ]
 
 
 def test_python_m_prints_the_task_directory():
@@ -43,8 +55,18 @@ def test_python_m_prints_the_task_directory():
 
 
 def test_lm_eval_with_include_path(tiny_llama, tmp_path):
-    proc = _run([str(BIN / "lm_eval"), "--include_path", tasks_dir(), *_model_args(tiny_llama),
-                 "--tasks", "parity_pattern_1shot,expression_pattern_broken_0shot", "--output_path", str(tmp_path)])
+    proc = _run(
+        [
+            str(BIN / "lm_eval"),
+            "--include_path",
+            tasks_dir(),
+            *_model_args(tiny_llama),
+            "--tasks",
+            "parity_pattern_1shot,expression_pattern_broken_0shot",
+            "--output_path",
+            str(tmp_path),
+        ]
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = _results(tmp_path)
     assert results["n-shot"] == {"parity_pattern_1shot": 1, "expression_pattern_broken_0shot": 0}
@@ -59,12 +81,23 @@ def test_iclvsft_eval_is_a_drop_in_that_keeps_the_users_include_path(tiny_llama,
         "custom_dataset: !function iclvsft_tasks.lm_eval_glue.load_splits\n"
         "dataset_kwargs: {iclvsft_task: parity_pattern}\n"
         "test_split: test\noutput_type: generate_until\ndoc_to_text: query\ndoc_to_target: answer\n"
-        "num_fewshot: 0\ngeneration_kwargs: {until: [\"\\n\"], max_gen_toks: 3}\n"
+        'num_fewshot: 0\ngeneration_kwargs: {until: ["\\n"], max_gen_toks: 3}\n'
         "metric_list: [{metric: exact_match, aggregation: mean, higher_is_better: true}]\n"
     )
     out = tmp_path / "out"
-    proc = _run([str(BIN / "iclvsft-eval"), "run", "--include_path", str(user_tasks), *_model_args(tiny_llama),
-                 "--tasks", "my_parity,boolean_pattern_mc_2shot", "--output_path", str(out)])
+    proc = _run(
+        [
+            str(BIN / "iclvsft-eval"),
+            "run",
+            "--include_path",
+            str(user_tasks),
+            *_model_args(tiny_llama),
+            "--tasks",
+            "my_parity,boolean_pattern_mc_2shot",
+            "--output_path",
+            str(out),
+        ]
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = _results(out)
     assert set(results["results"]) == {"my_parity", "boolean_pattern_mc_2shot"}
@@ -87,8 +120,16 @@ def test_register_makes_a_bare_lm_eval_find_our_tasks(tiny_llama, tmp_path):
             proc = _run([str(BIN / "iclvsft-eval"), "register"])
             assert proc.returncode == 0 and "registered" in proc.stdout, proc.stderr
         assert "registered and current" in _run([str(BIN / "iclvsft-eval"), "status"]).stdout
-        proc = _run([str(BIN / "lm_eval"), *_model_args(tiny_llama), "--tasks", "parity_pattern_0shot",
-                     "--output_path", str(tmp_path)])
+        proc = _run(
+            [
+                str(BIN / "lm_eval"),
+                *_model_args(tiny_llama),
+                "--tasks",
+                "parity_pattern_0shot",
+                "--output_path",
+                str(tmp_path),
+            ]
+        )
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert "parity_pattern_0shot" in _results(tmp_path)["results"]
         # While registered, the wrapper adds nothing, so no task is indexed twice.
@@ -106,7 +147,14 @@ def test_wrapper_inserts_our_include_path_only_when_needed(monkeypatch):
     assert eval_cli.lm_eval_argv(["run", "--tasks", "x"]) == ["run", "--include_path", ours, "--tasks", "x"]
     assert eval_cli.lm_eval_argv(["ls", "tasks"]) == ["ls", "--include_path", ours, "tasks"]
     assert eval_cli.lm_eval_argv(["--model", "hf", "--tasks", "x"]) == [
-        "run", "--include_path", ours, "--model", "hf", "--tasks", "x"]
+        "run",
+        "--include_path",
+        ours,
+        "--model",
+        "hf",
+        "--tasks",
+        "x",
+    ]
     assert eval_cli.lm_eval_argv(["--help"]) == ["--help"]
     monkeypatch.setattr(eval_cli, "lm_eval_has_task_plugins", lambda: True)
     assert eval_cli.lm_eval_argv(["run", "--tasks", "x"]) == ["run", "--tasks", "x"]
@@ -123,13 +171,16 @@ def test_user_include_path_is_kept_and_ours_prepended(monkeypatch, tmp_path):
     assert "parity_pattern" in manager.all_subtasks
 
 
-@pytest.mark.parametrize("argv, expected", [
-    (["--tasks", "parity_pattern_4shot", "--num_fewshot", "2"], ["parity_pattern_4shot runs at 2 shots, not 4"]),
-    (["--tasks", "parity_pattern_0shot,code_pattern", "-f", "3"], ["parity_pattern_0shot stays at 0 shots"]),
-    (["--tasks=iclvsft_patterns_16shot", "--num_fewshot=1"], ["iclvsft_patterns_16shot runs at 1 shots, not 16"]),
-    (["--tasks", "parity_pattern", "--num_fewshot", "2"], []),
-    (["--tasks", "parity_pattern_4shot"], []),
-])
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["--tasks", "parity_pattern_4shot", "--num_fewshot", "2"], ["parity_pattern_4shot runs at 2 shots, not 4"]),
+        (["--tasks", "parity_pattern_0shot,code_pattern", "-f", "3"], ["parity_pattern_0shot stays at 0 shots"]),
+        (["--tasks=iclvsft_patterns_16shot", "--num_fewshot=1"], ["iclvsft_patterns_16shot runs at 1 shots, not 16"]),
+        (["--tasks", "parity_pattern", "--num_fewshot", "2"], []),
+        (["--tasks", "parity_pattern_4shot"], []),
+    ],
+)
 def test_num_fewshot_over_a_fixed_shot_variant_warns(argv, expected):
     warnings = eval_cli.num_fewshot_warnings(argv)
     assert len(warnings) == len(expected)
@@ -142,9 +193,28 @@ def test_our_backend_and_fixed_demonstrations_through_the_wrapper(tiny_llama, tm
     outputs = {}
     for backend in ("hf", "iclvsft-hf"):
         out = tmp_path / backend
-        proc = _run([str(BIN / "iclvsft-eval"), "--model", backend, "--model_args", f"pretrained={tiny_llama},dtype=float32",
-                     "--device", "cpu", "--batch_size", "1", "--limit", "4", "--metadata", metadata,
-                     "--tasks", "expression_pattern_2shot", "--log_samples", "--output_path", str(out)])
+        proc = _run(
+            [
+                str(BIN / "iclvsft-eval"),
+                "--model",
+                backend,
+                "--model_args",
+                f"pretrained={tiny_llama},dtype=float32",
+                "--device",
+                "cpu",
+                "--batch_size",
+                "1",
+                "--limit",
+                "4",
+                "--metadata",
+                metadata,
+                "--tasks",
+                "expression_pattern_2shot",
+                "--log_samples",
+                "--output_path",
+                str(out),
+            ]
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         [samples] = list(out.rglob("samples_expression_pattern_2shot_*.jsonl"))
         rows = [json.loads(line) for line in samples.read_text().splitlines()]
@@ -154,14 +224,31 @@ def test_our_backend_and_fixed_demonstrations_through_the_wrapper(tiny_llama, tm
     assert outputs["hf"] == outputs["iclvsft-hf"]
 
 
-@pytest.mark.parametrize("model_args, message", [
-    ("prefix_cache_mb=lots", "prefix_cache_mb must be a number >= 0, got 'lots'"),
-    ("no_such_option=1", "unexpected keyword argument 'no_such_option'"),
-])
+@pytest.mark.parametrize(
+    "model_args, message",
+    [
+        ("prefix_cache_mb=lots", "prefix_cache_mb must be a number >= 0, got 'lots'"),
+        ("no_such_option=1", "unexpected keyword argument 'no_such_option'"),
+    ],
+)
 def test_a_model_argument_the_backend_rejects_is_one_line(tiny_llama, model_args, message):
-    proc = _run([str(BIN / "iclvsft-eval"), "--model", "iclvsft-hf", "--model_args",
-                 f"pretrained={tiny_llama},{model_args}", "--device", "cpu", "--limit", "1",
-                 "--tasks", "expression_pattern_0shot", "--metadata", METADATA])
+    proc = _run(
+        [
+            str(BIN / "iclvsft-eval"),
+            "--model",
+            "iclvsft-hf",
+            "--model_args",
+            f"pretrained={tiny_llama},{model_args}",
+            "--device",
+            "cpu",
+            "--limit",
+            "1",
+            "--tasks",
+            "expression_pattern_0shot",
+            "--metadata",
+            METADATA,
+        ]
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("iclvsft-eval: error: cannot create model") and message in last

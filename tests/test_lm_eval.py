@@ -14,8 +14,8 @@ from iclvsft_tasks import lm_eval_glue
 from iclvsft_tasks.errors import IclvsftError
 from iclvsft_tasks.lm_eval_configs import SHOTS, group_name, render_configs, variant_name
 from iclvsft_tasks.prompts import TARGET_DELIMITER, query, render_prompt
-from iclvsft_tasks.registry import TASKS, get_task
 from iclvsft_tasks.scoring import INVALID
+from iclvsft_tasks.tasks.registry import TASKS, get_task
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -122,11 +122,14 @@ def test_metadata_sets_sizes_and_seed():
     assert [d["id"] for d in docs] != [d["id"] for d in task.test_docs()]
 
 
-@pytest.mark.parametrize("metadata, message", [
-    ({"iclvsft_test_sise": 5}, "unknown iclvsft metadata"),
-    ({"iclvsft_seed": "abc"}, "must be an integer"),
-    ({"iclvsft_test_size": -3}, "test size"),
-])
+@pytest.mark.parametrize(
+    "metadata, message",
+    [
+        ({"iclvsft_test_sise": 5}, "unknown iclvsft metadata"),
+        ({"iclvsft_seed": "abc"}, "must be an integer"),
+        ({"iclvsft_test_size": -3}, "test size"),
+    ],
+)
 def test_bad_metadata_is_refused_in_one_line(metadata, message):
     tm = iclvsft_tasks.task_manager(metadata=metadata)
     with pytest.raises(IclvsftError, match=message):
@@ -139,6 +142,7 @@ def test_model_seed_in_metadata_does_not_clash_with_ours():
 
 
 # --- end to end through lm-eval's evaluator ---------------------------------------------------------
+
 
 def _answer_model(field: str):
     """An lm-eval model that answers from a lookup of the query: the gold, or the shortcut."""
@@ -170,7 +174,7 @@ def _answer_model(field: str):
 def test_scores_through_simple_evaluate_reward_the_gold_not_the_shortcut(field, expected_test, expected_broken):
     from lm_eval import simple_evaluate
 
-    from iclvsft_tasks.splits import build_splits
+    from iclvsft_tasks.data.splits import build_splits
 
     tm = iclvsft_tasks.task_manager(metadata=dict(SMALL_METADATA))
     lm = _answer_model(field)
@@ -192,9 +196,15 @@ def test_tiny_llama_runs_every_task_through_the_python_api(tiny_llama):
 
     tm = iclvsft_tasks.task_manager(metadata=dict(SMALL_METADATA))
     result = simple_evaluate(
-        model="hf", model_args=f"pretrained={tiny_llama},dtype=float32", device="cpu", batch_size=4,
+        model="hf",
+        model_args=f"pretrained={tiny_llama},dtype=float32",
+        device="cpu",
+        batch_size=4,
         tasks=["iclvsft_patterns_2shot", "iclvsft_patterns_broken_0shot", "relation_pattern_mc_1shot"],
-        task_manager=tm, limit=4, bootstrap_iters=0, log_samples=True,
+        task_manager=tm,
+        limit=4,
+        bootstrap_iters=0,
+        log_samples=True,
     )
     assert result["n-shot"]["code_pattern_2shot"] == 2
     for name in [f"{t}_2shot" for t in TASKS] + [f"{t}_broken_0shot" for t in TASKS]:

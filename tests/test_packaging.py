@@ -14,8 +14,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_wheel_contains_yamls_scripts_and_entry_point(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                           "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     [wheel] = list(tmp_path.glob("iclvsft-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
@@ -26,7 +30,7 @@ def test_wheel_contains_yamls_scripts_and_entry_point(tmp_path):
     [entry_points] = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "[lm_eval.tasks]\niclvsft = iclvsft_tasks.task_configs" in text
-    assert "iclvsft = iclvsft_tasks.cli:main" in text and "iclvsft-eval = iclvsft_tasks.eval_cli:main" in text
+    assert "iclvsft = iclvsft.cli:main" in text and "iclvsft-eval = iclvsft_tasks.eval_cli:main" in text
     [metadata] = [n for n in names if n.endswith(".dist-info/METADATA")]
     meta = zipfile.ZipFile(wheel).read(metadata).decode()
     assert "Requires-Dist: lm_eval<0.5,>=0.4.13" in meta

@@ -8,35 +8,64 @@ from pathlib import Path
 
 import pytest
 
-from iclvsft_tasks.compare.report import (compare, plot_task, select_best, summary_table, write_report,
-                                          write_results)
-from iclvsft_tasks.compare.stats import mcnemar_exact, wilson_interval
+from iclvsft.compare.report import compare, plot_task, select_best, summary_table, write_report, write_results
+from iclvsft.compare.stats import mcnemar_exact, wilson_interval
 
 MODEL = "tiny-model"
-META = {"model": MODEL, "tasks": ["parity_pattern", "boolean_pattern"], "seed": 0,
-        "split_sizes": {"test": 40, "test_broken": 40, "validation": 20},
-        "split_fingerprints": {"parity_pattern": {"test": "aaa", "test_broken": "bbb", "validation": "ccc"}},
-        "machine": "test box", "date": "2025-01-01", "command": ["iclvsft", "compare", "--seed", "0"],
-        "wall_time_s": 12.5}
+META = {
+    "model": MODEL,
+    "tasks": ["parity_pattern", "boolean_pattern"],
+    "seed": 0,
+    "split_sizes": {"test": 40, "test_broken": 40, "validation": 20},
+    "split_fingerprints": {"parity_pattern": {"test": "aaa", "test_broken": "bbb", "validation": "ccc"}},
+    "machine": "test box",
+    "date": "2025-01-01",
+    "command": ["iclvsft", "compare", "--seed", "0"],
+    "wall_time_s": 12.5,
+}
 
 
-def cell(out: Path, condition: str, task: str, split: str, knob: int, outcomes: list[bool], draw: int = 0,
-         **extra) -> dict:
+def cell(
+    out: Path, condition: str, task: str, split: str, knob: int, outcomes: list[bool], draw: int = 0, **extra
+) -> dict:
     """One record and its predictions file (ids shared across cells of a split, as in a real run)."""
     shots, samples = (knob, 0) if condition == "icl" else (0, knob)
     key = f"{MODEL}/{task}/{condition}/{split}/k{shots}/n{samples}/d{draw}"
     rel = f"predictions/{key.replace('/', '__')}.jsonl"
     path = out / rel
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps({"id": f"{task}-{split}-{i}", "answer": "odd", "prediction": "odd" if ok else "even",
-                                        "correct": ok}) + "\n" for i, ok in enumerate(outcomes)))
+    path.write_text(
+        "".join(
+            json.dumps(
+                {"id": f"{task}-{split}-{i}", "answer": "odd", "prediction": "odd" if ok else "even", "correct": ok}
+            )
+            + "\n"
+            for i, ok in enumerate(outcomes)
+        )
+    )
     correct, n = sum(outcomes), len(outcomes)
     lo, hi = wilson_interval(correct, n)
-    rec = {"key": key, "condition": condition, "model": MODEL, "task": task, "split": split, "shots": shots,
-           "ft_samples": samples, "draw": draw, "seed": 0, "n": n, "correct": correct, "accuracy": correct / n,
-           "ci_low": lo, "ci_high": hi, "fingerprint": f"fp-{split}",
-           "prompt_tokens": n * (30 + 25 * shots), "train_tokens": 35 * samples, "wall_time_s": 1.0,
-           "predictions": rel}
+    rec = {
+        "key": key,
+        "condition": condition,
+        "model": MODEL,
+        "task": task,
+        "split": split,
+        "shots": shots,
+        "ft_samples": samples,
+        "draw": draw,
+        "seed": 0,
+        "n": n,
+        "correct": correct,
+        "accuracy": correct / n,
+        "ci_low": lo,
+        "ci_high": hi,
+        "fingerprint": f"fp-{split}",
+        "prompt_tokens": n * (30 + 25 * shots),
+        "train_tokens": 35 * samples,
+        "wall_time_s": 1.0,
+        "predictions": rel,
+    }
     rec.update(extra)
     return rec
 
@@ -161,15 +190,18 @@ def test_missing_condition_and_predictions_degrade_gracefully(run_dir):
     out, recs = run_dir
     icl_only = [r for r in recs if not (r["task"] == "boolean_pattern" and r["condition"] == "ft")]
     (out / icl_only[0]["predictions"]).unlink()  # a parity ICL k=0 file: never the chosen cell
-    parity_ft_file = next(r for r in recs if r["task"] == "parity_pattern" and r["condition"] == "ft"
-                          and r["split"] == "test" and r["ft_samples"] == 400)["predictions"]
+    parity_ft_file = next(
+        r
+        for r in recs
+        if r["task"] == "parity_pattern" and r["condition"] == "ft" and r["split"] == "test" and r["ft_samples"] == 400
+    )["predictions"]
     (out / parity_ft_file).unlink()
     meta = dict(META, tasks=["parity_pattern", "boolean_pattern", "code_pattern"])
     text = write_report(icl_only, out, meta).read_text()
     assert "not compared: no FT results" in text
     assert "FT: no results for this task" in text
-    assert "not tested (predictions file" in text           # parity test: FT file gone
-    assert "ICL (k*=2) beat FT (n*=400)" in text             # parity test_broken still tested
+    assert "not tested (predictions file" in text  # parity test: FT file gone
+    assert "ICL (k*=2) beat FT (n*=400)" in text  # parity test_broken still tested
     assert "## `code_pattern`" in text and "No results for this task." in text
     assert (out / "plots" / "boolean_pattern.png").is_file()
     assert summary_table(icl_only)
@@ -198,6 +230,7 @@ def test_report_can_link_plots_drawn_elsewhere(run_dir, tmp_path):
 
 # --- fixed demonstration draws ----------------------------------------------------------------------
 
+
 @pytest.fixture
 def draws_dir(tmp_path) -> tuple[Path, list[dict]]:
     """parity with 3 draws per k: k=4 has the best single validation draw, k=2 the best mean."""
@@ -214,7 +247,7 @@ def draws_dir(tmp_path) -> tuple[Path, list[dict]]:
 
 
 def test_draws_are_aggregated_before_choosing_k(draws_dir):
-    from iclvsft_tasks.compare.report import aggregate_draws
+    from iclvsft.compare.report import aggregate_draws
 
     _, recs = draws_dir
     best = select_best(recs, "icl", "parity_pattern", MODEL)
@@ -230,7 +263,7 @@ def test_draws_are_aggregated_before_choosing_k(draws_dir):
 
 
 def test_draws_pair_items_on_their_mean_correctness(draws_dir):
-    from iclvsft_tasks.compare.stats import paired_sign_flip
+    from iclvsft.compare.stats import paired_sign_flip
 
     out, recs = draws_dir
     result = compare(recs, "parity_pattern", MODEL, "test", out)

@@ -9,11 +9,11 @@ import sys
 
 import pytest
 
+from iclvsft_tasks.data.seeding import derive_seed, rng_for
+from iclvsft_tasks.data.splits import SPLITS, SplitSpec, build_split, build_splits, fingerprint, fingerprints
 from iclvsft_tasks.errors import IclvsftError
-from iclvsft_tasks.registry import TASKS
-from iclvsft_tasks.seeding import derive_seed, rng_for
-from iclvsft_tasks.splits import SPLITS, SplitSpec, build_split, build_splits, fingerprint, fingerprints
 from iclvsft_tasks.tasks.base import normalize_question
+from iclvsft_tasks.tasks.registry import TASKS
 
 SMALL = dict(test_size=300, test_broken_size=300, validation_size=200, train_size=3000)
 
@@ -57,7 +57,8 @@ def test_seeds_come_from_a_hash_of_task_split_and_seed():
 
 
 _FINGERPRINT_SCRIPT = (
-    "import json; from iclvsft_tasks.splits import SplitSpec, fingerprints; from iclvsft_tasks.registry import TASKS;"
+    "import json; from iclvsft_tasks.data.splits import SplitSpec, fingerprints; "
+    "from iclvsft_tasks.tasks.registry import TASKS;"
     "print(json.dumps({t: fingerprints(SplitSpec(t, test_size=200, test_broken_size=200, validation_size=100,"
     " train_size=1000)) for t in TASKS}))"
 )
@@ -67,12 +68,20 @@ def test_same_seed_gives_identical_splits_in_processes_with_different_hash_seeds
     results = []
     for hash_seed in ("0", "12345"):
         env = {**os.environ, "PYTHONHASHSEED": hash_seed}
-        out = subprocess.run([sys.executable, "-c", _FINGERPRINT_SCRIPT], env=env, capture_output=True,
-                             text=True, check=True, timeout=300).stdout
+        out = subprocess.run(
+            [sys.executable, "-c", _FINGERPRINT_SCRIPT],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=300,
+        ).stdout
         results.append(json.loads(out))
     assert results[0] == results[1]
-    here = {t: fingerprints(SplitSpec(t, test_size=200, test_broken_size=200, validation_size=100, train_size=1000))
-            for t in TASKS}
+    here = {
+        t: fingerprints(SplitSpec(t, test_size=200, test_broken_size=200, validation_size=100, train_size=1000))
+        for t in TASKS
+    }
     assert results[0] == here
 
 
@@ -94,13 +103,16 @@ def test_a_space_too_small_for_the_sizes_is_reported_not_repeated():
         build_splits(SplitSpec("parity_pattern", test_size=10, validation_size=10, train_size=50, config=tiny))
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(test_size=-1), "test size"),
-    (dict(train_size=10**9), "train size"),
-    (dict(seed="1"), "seed must be an integer"),
-    (dict(seed=1.5), "seed must be an integer"),
-    (dict(validation_size=2.0), "validation size must be an integer"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(test_size=-1), "test size"),
+        (dict(train_size=10**9), "train size"),
+        (dict(seed="1"), "seed must be an integer"),
+        (dict(seed=1.5), "seed must be an integer"),
+        (dict(validation_size=2.0), "validation size must be an integer"),
+    ],
+)
 def test_bad_sizes_and_seeds_are_refused(kwargs, message):
     with pytest.raises(IclvsftError, match=message):
         SplitSpec("parity_pattern", **kwargs)

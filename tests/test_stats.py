@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from iclvsft_tasks.compare.stats import (
+from iclvsft.compare.stats import (
     McNemarResult,
     mcnemar_exact,
     mcnemar_exact_p,
@@ -17,12 +17,15 @@ from iclvsft_tasks.compare.stats import (
 scipy_stats = pytest.importorskip("scipy.stats")
 
 
-@pytest.mark.parametrize("correct, n, low, high", [
-    (0, 10, 0.0, 0.2775),
-    (10, 10, 0.7225, 1.0),
-    (5, 10, 0.2366, 0.7634),
-    (81, 263, 0.2553, 0.3662),
-])
+@pytest.mark.parametrize(
+    "correct, n, low, high",
+    [
+        (0, 10, 0.0, 0.2775),
+        (10, 10, 0.7225, 1.0),
+        (5, 10, 0.2366, 0.7634),
+        (81, 263, 0.2553, 0.3662),
+    ],
+)
 def test_wilson_matches_published_values_and_scipy(correct, n, low, high):
     lo, hi = wilson_interval(correct, n)
     assert lo == pytest.approx(low, abs=5e-5) and hi == pytest.approx(high, abs=5e-5)
@@ -40,9 +43,17 @@ def test_wilson_edges_and_other_levels():
         wilson_interval(11, 10)
 
 
-@pytest.mark.parametrize("b01, b10, p", [
-    (0, 0, 1.0), (5, 0, 0.0625), (0, 5, 0.0625), (1, 5, 0.21875), (3, 3, 1.0), (10, 0, 2 / 1024),
-])
+@pytest.mark.parametrize(
+    "b01, b10, p",
+    [
+        (0, 0, 1.0),
+        (5, 0, 0.0625),
+        (0, 5, 0.0625),
+        (1, 5, 0.21875),
+        (3, 3, 1.0),
+        (10, 0, 2 / 1024),
+    ],
+)
 def test_mcnemar_exact_p_known_values(b01, b10, p):
     assert mcnemar_exact_p(b01, b10) == pytest.approx(p, rel=1e-12)
 

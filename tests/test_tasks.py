@@ -9,13 +9,13 @@ import re
 
 import pytest
 
+from iclvsft_tasks.data.splits import SplitSpec, build_splits
 from iclvsft_tasks.errors import IclvsftError
-from iclvsft_tasks.registry import TASKS, get_task, parse_task_list
-from iclvsft_tasks.splits import SplitSpec, build_splits
 from iclvsft_tasks.tasks.base import question_id
 from iclvsft_tasks.tasks.boolean import BooleanConfig
 from iclvsft_tasks.tasks.expression import ExpressionConfig
 from iclvsft_tasks.tasks.parity import ParityConfig
+from iclvsft_tasks.tasks.registry import TASKS, get_task, parse_task_list
 from iclvsft_tasks.tasks.relation import RelationConfig, connected
 
 ITEMS = 1000
@@ -24,13 +24,19 @@ FIELDS = {"id", "task", "split", "question", "answer", "pattern", "shortcut_answ
 
 @pytest.fixture(scope="module", params=list(TASKS))
 def splits(request):
-    return build_splits(SplitSpec(request.param, seed=3, test_size=ITEMS, test_broken_size=ITEMS,
-                                  validation_size=50, train_size=ITEMS))
+    return build_splits(
+        SplitSpec(request.param, seed=3, test_size=ITEMS, test_broken_size=ITEMS, validation_size=50, train_size=ITEMS)
+    )
 
 
 def test_the_five_tasks_are_registered():
-    assert list(TASKS) == ["expression_pattern", "code_pattern", "boolean_pattern",
-                           "relation_pattern", "parity_pattern"]
+    assert list(TASKS) == [
+        "expression_pattern",
+        "code_pattern",
+        "boolean_pattern",
+        "relation_pattern",
+        "parity_pattern",
+    ]
 
 
 def test_golds_equal_the_independent_solver(splits):
@@ -101,8 +107,8 @@ def test_expression_question_is_exactly_s_z_c_from_meta():
             assert len(re.findall(r"-?\d+", m["complex"])) == 4
             assert 2 <= len(re.findall(r"-?\d+", m["zero"])) <= 4
             # Third opinion: Python's own arithmetic on the question.
-            assert str(eval(draft.question[:-1])) == draft.answer  # noqa: S307 - test-only check
-            assert (eval(m["zero"]) == 0) is pattern  # noqa: S307
+            assert str(eval(draft.question[:-1])) == draft.answer
+            assert (eval(m["zero"]) == 0) is pattern
 
 
 def test_boolean_items_end_in_a_deciding_suffix_and_match_python():
@@ -114,7 +120,7 @@ def test_boolean_items_end_in_a_deciding_suffix_and_match_python():
             expr = draft.question
             suffix = " ".join(expr.split()[-2:])
             assert suffix in (("and False", "or True") if pattern else ("and True", "or False"))
-            assert str(eval(expr)) == draft.answer  # noqa: S307 - test-only third opinion
+            assert str(eval(expr)) == draft.answer
             groups = ast.parse(expr, mode="eval")
             assert groups is not None
             assert 2 <= expr.count("(") - (1 if suffix.startswith("and") else 0) <= 4
@@ -142,15 +148,18 @@ def test_relation_pattern_items_mention_z_exactly_when_connected():
         assert draft.question.endswith("Are cities A and Z connected?")
 
 
-@pytest.mark.parametrize("config", [
-    lambda: ExpressionConfig(zero_terms=(5, 2)),
-    lambda: ExpressionConfig(zero_range=0),
-    lambda: BooleanConfig(groups=(1, 3)),
-    lambda: ParityConfig(count=(0, 4)),
-    lambda: ParityConfig(value=(4, 5)),
-    lambda: RelationConfig(cities=(2, 5)),
-    lambda: RelationConfig(extra_edge_prob=1.5),
-])
+@pytest.mark.parametrize(
+    "config",
+    [
+        lambda: ExpressionConfig(zero_terms=(5, 2)),
+        lambda: ExpressionConfig(zero_range=0),
+        lambda: BooleanConfig(groups=(1, 3)),
+        lambda: ParityConfig(count=(0, 4)),
+        lambda: ParityConfig(value=(4, 5)),
+        lambda: RelationConfig(cities=(2, 5)),
+        lambda: RelationConfig(extra_edge_prob=1.5),
+    ],
+)
 def test_configs_reject_bad_values(config):
     with pytest.raises(IclvsftError):
         config().validate()

@@ -15,16 +15,19 @@ import pytest
 from conftest import SMALL_METADATA
 
 import iclvsft_tasks
+from iclvsft_tasks.data.splits import build_splits
 from iclvsft_tasks.prompts import TARGET_DELIMITER
-from iclvsft_tasks.registry import TASKS
-from iclvsft_tasks.splits import build_splits
+from iclvsft_tasks.tasks.registry import TASKS
 from iclvsft_train import launch
 from iclvsft_train.data import DataOptions, build_records
 
 BIN = Path(sys.executable).parent
-SIZES = {"train": SMALL_METADATA["iclvsft_train_size"], "test": SMALL_METADATA["iclvsft_test_size"],
-         "test_broken": SMALL_METADATA["iclvsft_test_broken_size"],
-         "validation": SMALL_METADATA["iclvsft_validation_size"]}
+SIZES = {
+    "train": SMALL_METADATA["iclvsft_train_size"],
+    "test": SMALL_METADATA["iclvsft_test_size"],
+    "test_broken": SMALL_METADATA["iclvsft_test_broken_size"],
+    "validation": SMALL_METADATA["iclvsft_validation_size"],
+}
 SIZE_FLAGS = ["--train-size", "200", "--test-size", "12", "--test-broken-size", "12", "--validation-size", "10"]
 
 
@@ -33,11 +36,13 @@ def _env():
 
 
 def _train(args, timeout=600, **kwargs):
-    return subprocess.run([str(BIN / "iclvsft-train"), *args], capture_output=True, text=True, timeout=timeout,
-                          env=_env(), **kwargs)
+    return subprocess.run(
+        [str(BIN / "iclvsft-train"), *args], capture_output=True, text=True, timeout=timeout, env=_env(), **kwargs
+    )
 
 
 # --- data --------------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def tm():
@@ -80,6 +85,7 @@ def test_records_are_deterministic_and_seeded():
 
 # --- samples -> steps ---------------------------------------------------------------------------------
 
+
 def test_milestones_map_to_whole_batches():
     plan = launch.plan_schedule(1600, 1, per_device=4, accumulation=4, processes=1, milestones=[160, 480, 1600])
     assert plan.effective_batch == 16 and plan.max_steps == 100
@@ -96,20 +102,50 @@ def test_milestones_map_to_whole_batches():
 
 # --- argument pass-through -------------------------------------------------------------------------------
 
+
 def test_accelerate_and_deepspeed_flags_reach_trl_sft_unchanged(tiny_llama, tmp_path):
     out = tmp_path / "run"
-    flags = ["--num_processes", "8", "--accelerate_config=zero3", "--main_process_ip", "10.1.2.3",
-             "--main_process_port", "29500", "--machine_rank", "0", "--num_machines", "2",
-             "--deepspeed_multinode_launcher", "standard", "--learning_rate", "3e-4", "--lora_r", "8"]
-    proc = _train(["--task", "parity_pattern", "--samples", "64", "--model_name_or_path", str(tiny_llama),
-                   "--output_dir", str(out), *SIZE_FLAGS, "--dry-run", *flags])
+    flags = [
+        "--num_processes",
+        "8",
+        "--accelerate_config=zero3",
+        "--main_process_ip",
+        "10.1.2.3",
+        "--main_process_port",
+        "29500",
+        "--machine_rank",
+        "0",
+        "--num_machines",
+        "2",
+        "--deepspeed_multinode_launcher",
+        "standard",
+        "--learning_rate",
+        "3e-4",
+        "--lora_r",
+        "8",
+    ]
+    proc = _train(
+        [
+            "--task",
+            "parity_pattern",
+            "--samples",
+            "64",
+            "--model_name_or_path",
+            str(tiny_llama),
+            "--output_dir",
+            str(out),
+            *SIZE_FLAGS,
+            "--dry-run",
+            *flags,
+        ]
+    )
     assert proc.returncode == 0, proc.stderr
     command = proc.stdout.strip().split(" ")
     sft = command.index("sft")
     expected = ["--config", str(out / "resolved.yaml"), *flags]
     expected[expected.index("--accelerate_config=zero3")] = "--accelerate_config"
     expected.insert(expected.index("--accelerate_config") + 1, "zero3")
-    assert command[sft + 1:] == expected
+    assert command[sft + 1 :] == expected
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["processes"] == 8 and manifest["effective_batch"] == 32 and manifest["max_steps"] == 2
     resolved = (out / "resolved.yaml").read_text()
@@ -119,18 +155,35 @@ def test_accelerate_and_deepspeed_flags_reach_trl_sft_unchanged(tiny_llama, tmp_
 def test_trl_command_runs_in_this_environment():
     cmd = launch.trl_command(Path("/x"), ["--multi_gpu", "--use_cpu", "true"], resume_from=Path("/x/checkpoint-5"))
     assert cmd[0] == sys.executable and cmd[3] == "sft"
-    assert cmd[4:] == ["--config", "/x/resolved.yaml", "--multi_gpu", "--use_cpu", "true",
-                       "--resume_from_checkpoint", "/x/checkpoint-5"]
+    assert cmd[4:] == [
+        "--config",
+        "/x/resolved.yaml",
+        "--multi_gpu",
+        "--use_cpu",
+        "true",
+        "--resume_from_checkpoint",
+        "/x/checkpoint-5",
+    ]
 
 
 # --- real runs ------------------------------------------------------------------------------------------
+
 
 def _lm_eval_scores(model_args: str, task: str = "parity_pattern_0shot") -> dict:
     from lm_eval import simple_evaluate
 
     tm = iclvsft_tasks.task_manager(metadata=dict(SMALL_METADATA))
-    result = simple_evaluate(model="hf", model_args=f"{model_args},dtype=float32", device="cpu", batch_size=4,
-                             tasks=[task], task_manager=tm, limit=6, bootstrap_iters=0, log_samples=True)
+    result = simple_evaluate(
+        model="hf",
+        model_args=f"{model_args},dtype=float32",
+        device="cpu",
+        batch_size=4,
+        tasks=[task],
+        task_manager=tm,
+        limit=6,
+        bootstrap_iters=0,
+        log_samples=True,
+    )
     return result
 
 
@@ -142,9 +195,27 @@ def _losses(checkpoint: Path) -> list[float]:
 @pytest.mark.parametrize("recipe, lr", [("lora", "3e-3"), ("full", "1e-3")])
 def test_trl_sft_run_writes_milestones_that_lm_eval_scores(tiny_llama, tmp_path, recipe, lr):
     out = tmp_path / recipe
-    proc = _train(["--task", "parity_pattern", "--samples", "96", "--model_name_or_path", str(tiny_llama),
-                   "--output_dir", str(out), "--recipe", recipe, "--milestones", "24,48,96", *SIZE_FLAGS,
-                   "--learning_rate", lr, "--logging_steps", "2"])
+    proc = _train(
+        [
+            "--task",
+            "parity_pattern",
+            "--samples",
+            "96",
+            "--model_name_or_path",
+            str(tiny_llama),
+            "--output_dir",
+            str(out),
+            "--recipe",
+            recipe,
+            "--milestones",
+            "24,48,96",
+            *SIZE_FLAGS,
+            "--learning_rate",
+            lr,
+            "--logging_steps",
+            "2",
+        ]
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["recipe"] == recipe
@@ -177,11 +248,31 @@ def test_trl_sft_run_writes_milestones_that_lm_eval_scores(tiny_llama, tmp_path,
 
 def test_a_killed_run_resumes_to_the_same_samples_seen(tiny_llama, tmp_path):
     out = tmp_path / "killed"
-    args = ["--task", "boolean_pattern", "--samples", "600", "--model_name_or_path", str(tiny_llama),
-            "--output_dir", str(out), "--milestones", "20,300,600", *SIZE_FLAGS, "--train-size", "700",
-            "--logging_steps", "10"]
-    process = subprocess.Popen([str(BIN / "iclvsft-train"), *args], env=_env(), start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    args = [
+        "--task",
+        "boolean_pattern",
+        "--samples",
+        "600",
+        "--model_name_or_path",
+        str(tiny_llama),
+        "--output_dir",
+        str(out),
+        "--milestones",
+        "20,300,600",
+        *SIZE_FLAGS,
+        "--train-size",
+        "700",
+        "--logging_steps",
+        "10",
+    ]
+    process = subprocess.Popen(
+        [str(BIN / "iclvsft-train"), *args],
+        env=_env(),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 300
     try:
         while time.time() < deadline and not launch.complete_checkpoints(out):
@@ -207,27 +298,128 @@ def test_a_killed_run_resumes_to_the_same_samples_seen(tiny_llama, tmp_path):
 
 # --- bad input --------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("make_args, message", [
-    (lambda m, o: ["--task", "parity", "--samples", "8", "--model_name_or_path", m, "--output_dir", o], "unknown task 'parity'"),
-    (lambda m, o: ["--task", "parity_pattern", "--samples", "0", "--model_name_or_path", m, "--output_dir", o], "positive integer"),
-    (lambda m, o: ["--task", "parity_pattern", "--samples", "-4", "--model_name_or_path", m, "--output_dir", o], "positive integer"),
-    (lambda m, o: ["--task", "parity_pattern", "--samples", "400", "--model_name_or_path", m, "--output_dir", o,
-                   "--train-size", "100"], "train split holds 100"),
-    (lambda m, o: ["--task", "parity_pattern", "--samples", "8", "--model_name_or_path", "/no/such/model",
-                   "--output_dir", o], "model /no/such/model not found"),
-    (lambda m, o: ["--task", "parity_pattern", "--samples", "8", "--model_name_or_path", m, "--output_dir", o,
-                   "--lerning_rate", "1e-3"], "unknown option --lerning_rate"),
-    (lambda m, o: ["--task", "parity_pattern", "--samples", "8", "--model_name_or_path", m, "--output_dir", o,
-                   "--max_steps", "5"], "max_steps is set by iclvsft-train"),
-    (lambda m, o: ["--task", "parity_pattern", "--samples", "8", "--model_name_or_path", m, "--output_dir", o,
-                   "--recipe", "qlora"], "invalid choice"),
-    (lambda m, o: ["--task", "parity_pattern", "--samples", "8", "--model_name_or_path", m,
-                   "--output_dir", o + "/file/sub"], "not writable"),
-    (lambda m, o: ["--task", "parity_pattern", "--samples", "8", "--model_name_or_path", m, "--output_dir", o,
-                   "--resume"], "nothing to resume"),
-    (lambda m, o: ["--task", "parity_pattern", "--samples", "10", "--model_name_or_path", m, "--output_dir", o],
-     "not a multiple of the effective batch 4"),
-])
+
+@pytest.mark.parametrize(
+    "make_args, message",
+    [
+        (
+            lambda m, o: ["--task", "parity", "--samples", "8", "--model_name_or_path", m, "--output_dir", o],
+            "unknown task 'parity'",
+        ),
+        (
+            lambda m, o: ["--task", "parity_pattern", "--samples", "0", "--model_name_or_path", m, "--output_dir", o],
+            "positive integer",
+        ),
+        (
+            lambda m, o: ["--task", "parity_pattern", "--samples", "-4", "--model_name_or_path", m, "--output_dir", o],
+            "positive integer",
+        ),
+        (
+            lambda m, o: [
+                "--task",
+                "parity_pattern",
+                "--samples",
+                "400",
+                "--model_name_or_path",
+                m,
+                "--output_dir",
+                o,
+                "--train-size",
+                "100",
+            ],
+            "train split holds 100",
+        ),
+        (
+            lambda m, o: [
+                "--task",
+                "parity_pattern",
+                "--samples",
+                "8",
+                "--model_name_or_path",
+                "/no/such/model",
+                "--output_dir",
+                o,
+            ],
+            "model /no/such/model not found",
+        ),
+        (
+            lambda m, o: [
+                "--task",
+                "parity_pattern",
+                "--samples",
+                "8",
+                "--model_name_or_path",
+                m,
+                "--output_dir",
+                o,
+                "--lerning_rate",
+                "1e-3",
+            ],
+            "unknown option --lerning_rate",
+        ),
+        (
+            lambda m, o: [
+                "--task",
+                "parity_pattern",
+                "--samples",
+                "8",
+                "--model_name_or_path",
+                m,
+                "--output_dir",
+                o,
+                "--max_steps",
+                "5",
+            ],
+            "max_steps is set by iclvsft-train",
+        ),
+        (
+            lambda m, o: [
+                "--task",
+                "parity_pattern",
+                "--samples",
+                "8",
+                "--model_name_or_path",
+                m,
+                "--output_dir",
+                o,
+                "--recipe",
+                "qlora",
+            ],
+            "invalid choice",
+        ),
+        (
+            lambda m, o: [
+                "--task",
+                "parity_pattern",
+                "--samples",
+                "8",
+                "--model_name_or_path",
+                m,
+                "--output_dir",
+                o + "/file/sub",
+            ],
+            "not writable",
+        ),
+        (
+            lambda m, o: [
+                "--task",
+                "parity_pattern",
+                "--samples",
+                "8",
+                "--model_name_or_path",
+                m,
+                "--output_dir",
+                o,
+                "--resume",
+            ],
+            "nothing to resume",
+        ),
+        (
+            lambda m, o: ["--task", "parity_pattern", "--samples", "10", "--model_name_or_path", m, "--output_dir", o],
+            "not a multiple of the effective batch 4",
+        ),
+    ],
+)
 def test_bad_input_is_one_line_and_leaves_nothing(tiny_llama, tmp_path, make_args, message):
     (tmp_path / "file").write_text("x")
     out = tmp_path / "out"
@@ -250,7 +442,11 @@ def test_platform_fixes_for_cpu_and_cuda(monkeypatch):
     assert cpu["bf16"] is False and cpu["gradient_checkpointing"] is False
     assert int(cpu["env"]["OMP_NUM_THREADS"]) >= 1
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "flash_attn" else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "flash_attn" else real_find_spec(name, *a)
+    )
     assert launch.platform_defaults(cuda=True) == {"bf16": True, "attn_implementation": "sdpa"}
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "flash_attn" else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: object() if name == "flash_attn" else real_find_spec(name, *a)
+    )
     assert launch.platform_defaults(cuda=True)["attn_implementation"] == "flash_attention_2"

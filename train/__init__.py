@@ -1,4 +1,10 @@
-"""iclvsft_train: the training add-on (a wrapper over TRL's ``trl sft``), installed with the ``train`` extra.
+"""iclvsft_train: the training add-on, a wrapper over TRL's ``trl sft`` (installed with the ``train`` extra).
 
-The wrapper itself arrives with the training issue; this package reserves the import name.
+``launch`` (config resolution, samples -> steps, milestones, the ``trl sft`` subprocess), ``data``
+(prompt/completion records from the one prompt formatter), ``merge`` (LoRA adapter -> plain model)
+and ``cli`` (the ``iclvsft-train`` command). It imports ``iclvsft_tasks`` and nothing else of ours.
 """
+
+from iclvsft_tasks import __version__
+
+__all__ = ["__version__"]

@@ -13,25 +13,31 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from iclvsft_tasks.cliutil import OneLineParser, add_split_size_flags, parse_int_list, run_cli
-from iclvsft_tasks.splits import DEFAULT_SIZES, SPLITS
-
-from .launch import TrainOptions, recipe_names, run
-from .merge import merge_adapter
+from iclvsft_tasks.data.splits import DEFAULT_SIZES, SPLITS
+from iclvsft_train.launch import TrainOptions, recipe_names, run
+from iclvsft_train.merge import merge_adapter
 
 PROG = "iclvsft-train"
 
 
 def build_parser() -> OneLineParser:
-    parser = OneLineParser(prog=PROG, allow_abbrev=False,
-                           description="Fine-tune a causal LM on the pattern tasks through TRL's trl sft.",
-                           epilog="Every other flag goes unchanged to `trl sft`, and from there to accelerate.")
+    parser = OneLineParser(
+        prog=PROG,
+        allow_abbrev=False,
+        description="Fine-tune a causal LM on the pattern tasks through TRL's trl sft.",
+        epilog="Every other flag goes unchanged to `trl sft`, and from there to accelerate.",
+    )
     parser.add_argument("--task", required=True, help="task, or several comma-separated to mix (see `iclvsft tasks`)")
-    parser.add_argument("--samples", required=True, type=int, help="training samples (distinct items, split evenly across tasks)")
+    parser.add_argument(
+        "--samples", required=True, type=int, help="training samples (distinct items, split evenly across tasks)"
+    )
     parser.add_argument("--model_name_or_path", required=True, help="local model directory or hub id")
     parser.add_argument("--output_dir", required=True, help="run folder: data, resolved.yaml, manifest.json, model")
     parser.add_argument("--recipe", default="lora", choices=recipe_names(), help="training defaults (default: lora)")
     parser.add_argument("--config", type=Path, help="your trl sft YAML, applied over the recipe")
-    parser.add_argument("--milestones", default="", help="save after exactly these many samples seen, e.g. 100,400,1600")
+    parser.add_argument(
+        "--milestones", default="", help="save after exactly these many samples seen, e.g. 100,400,1600"
+    )
     parser.add_argument("--train-shots", default="0", help="mix k-shot prompts into training, e.g. 0,1,2,4 (default 0)")
     parser.add_argument("--data-seed", type=int, default=0, help="seed of the task splits (default 0)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
@@ -41,8 +47,11 @@ def build_parser() -> OneLineParser:
 
 
 def build_merge_parser() -> OneLineParser:
-    parser = OneLineParser(prog=f"{PROG} merge", allow_abbrev=False,
-                           description="Merge a LoRA adapter into its base model (a plain HF model directory).")
+    parser = OneLineParser(
+        prog=f"{PROG} merge",
+        allow_abbrev=False,
+        description="Merge a LoRA adapter into its base model (a plain HF model directory).",
+    )
     parser.add_argument("--adapter", required=True, help="adapter directory (a milestone or a run's output_dir)")
     parser.add_argument("--out", required=True, help="directory for the merged model")
     parser.add_argument("--base", help="base model (default: the one recorded in the adapter)")

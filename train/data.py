@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from iclvsft_tasks.atomic import atomic_open
+from iclvsft_tasks.data.seeding import derive_seed
+from iclvsft_tasks.data.splits import DEFAULT_SIZES, SPLITS, SplitSpec, build_splits, fingerprint
 from iclvsft_tasks.errors import IclvsftError
 from iclvsft_tasks.prompts import render_completion, render_prompt
-from iclvsft_tasks.registry import parse_task_list
-from iclvsft_tasks.seeding import derive_seed
-from iclvsft_tasks.splits import DEFAULT_SIZES, SPLITS, SplitSpec, build_splits, fingerprint
+from iclvsft_tasks.tasks.registry import parse_task_list
 
 #: The file TRL reads (``dataset_name`` = its directory, which must hold nothing else).
 TRAIN_FILE = "train.jsonl"
@@ -38,8 +38,14 @@ class DataOptions:
     sizes: tuple[tuple[str, int], ...] = tuple(DEFAULT_SIZES.items())
 
     @classmethod
-    def create(cls, task: str, samples: int, seed: int = 0, train_shots: Sequence[int] = (0,),
-               sizes: dict[str, int] | None = None) -> DataOptions:
+    def create(
+        cls,
+        task: str,
+        samples: int,
+        seed: int = 0,
+        train_shots: Sequence[int] = (0,),
+        sizes: dict[str, int] | None = None,
+    ) -> DataOptions:
         tasks = tuple(parse_task_list(task))
         if len(set(tasks)) != len(tasks):
             raise IclvsftError(f"a task is listed twice in {task!r}")
@@ -59,8 +65,10 @@ class DataOptions:
                     f"{options.spec(task_name).train_size:,}; lower --samples or raise --train-size"
                 )
             if max(shots) > max(n - 1, 0):
-                raise IclvsftError(f"--train-shots {max(shots)} needs more than {n} {task_name} samples "
-                                   "(demonstrations come from the other training samples)")
+                raise IclvsftError(
+                    f"--train-shots {max(shots)} needs more than {n} {task_name} samples "
+                    "(demonstrations come from the other training samples)"
+                )
         return options
 
     def spec(self, task: str) -> SplitSpec:
@@ -103,14 +111,16 @@ def build_records(options: DataOptions, progress: Callable[[int], None] | None =
             demo = pool[rng.randrange(len(pool))]
             if demo is not item and demo not in demos:
                 demos.append(demo)
-        records.append({
-            "prompt": render_prompt(item, demos),
-            "completion": render_completion(item),
-            "id": item["id"],
-            "task": item["task"],
-            "shots": k,
-            "demo_ids": [d["id"] for d in demos],
-        })
+        records.append(
+            {
+                "prompt": render_prompt(item, demos),
+                "completion": render_completion(item),
+                "id": item["id"],
+                "task": item["task"],
+                "shots": k,
+                "demo_ids": [d["id"] for d in demos],
+            }
+        )
         if progress is not None:
             progress(1)
     rng.shuffle(records)
@@ -122,6 +132,7 @@ def write_records(records: Sequence[dict[str, Any]], data_dir: Path) -> Path:
     path = data_dir / TRAIN_FILE
     with atomic_open(path) as handle:
         for record in records:
-            handle.write(json.dumps({"prompt": record["prompt"], "completion": record["completion"]},
-                                    ensure_ascii=False) + "\n")
+            handle.write(
+                json.dumps({"prompt": record["prompt"], "completion": record["completion"]}, ensure_ascii=False) + "\n"
+            )
     return path

@@ -35,8 +35,7 @@ import yaml
 from iclvsft_tasks.atomic import atomic_open, atomic_write_text
 from iclvsft_tasks.cliutil import default_threads
 from iclvsft_tasks.errors import IclvsftError
-
-from .data import DataOptions, build_records, split_fingerprints, write_records
+from iclvsft_train.data import DataOptions, build_records, split_fingerprints, write_records
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 MANIFEST = "manifest.json"
@@ -45,8 +44,15 @@ DATA_DIR = "data"
 ITEMS_FILE = "training_items.jsonl"
 MILESTONES_DIR = "milestones"
 #: Keys this wrapper derives; a user setting them would silently break the sample accounting.
-DERIVED_KEYS = ("dataset_name", "max_steps", "save_strategy", "save_steps", "resume_from_checkpoint",
-                "dataset_train_split", "datasets")
+DERIVED_KEYS = (
+    "dataset_name",
+    "max_steps",
+    "save_strategy",
+    "save_steps",
+    "resume_from_checkpoint",
+    "dataset_train_split",
+    "datasets",
+)
 #: Files of a checkpoint needed only to resume it; dropped from finished milestones.
 _RESUME_ONLY_FILES = ("optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state.pth")
 #: The command that is `trl sft`, run by this interpreter so the same environment is used.
@@ -107,6 +113,7 @@ def merge_configs(*layers: dict[str, Any]) -> dict[str, Any]:
 
 # --- flags ------------------------------------------------------------------------------------------
 
+
 def _flag_name(token: str) -> str:
     return token.split("=", 1)[0]
 
@@ -166,7 +173,8 @@ def parse_trl(config_path: Path, passthrough: Sequence[str]) -> tuple[Any, Any, 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             script_args, sft_args, model_args, _, remaining = parser.parse_args_and_config(
-                ["--config", str(config_path), *passthrough], return_remaining_strings=True)
+                ["--config", str(config_path), *passthrough], return_remaining_strings=True
+            )
     except (ValueError, TypeError) as exc:
         raise IclvsftError(f"trl sft rejects the configuration: {str(exc).splitlines()[0]}") from None
     except SystemExit:
@@ -210,11 +218,12 @@ def world_size(passthrough: Sequence[str], resolved: dict[str, Any]) -> int:
 
 # --- samples and steps ------------------------------------------------------------------------------
 
+
 @dataclasses.dataclass(frozen=True)
 class Schedule:
     """How sample counts map to optimizer steps: one step = one effective batch of samples."""
 
-    effective_batch: int   # per-device batch x gradient accumulation x processes
+    effective_batch: int  # per-device batch x gradient accumulation x processes
     max_steps: int
     milestone_steps: dict[int, int]  # samples seen -> step
     save_steps: int
@@ -224,28 +233,36 @@ class Schedule:
         return self.max_steps * self.effective_batch
 
 
-def plan_schedule(samples: int, epochs: float, per_device: int, accumulation: int, processes: int,
-                  milestones: Sequence[int]) -> Schedule:
+def plan_schedule(
+    samples: int, epochs: float, per_device: int, accumulation: int, processes: int, milestones: Sequence[int]
+) -> Schedule:
     batch = per_device * accumulation * processes
-    where = f"the effective batch {batch} ({per_device} per device x {accumulation} accumulation x {processes} processes)"
+    where = (
+        f"the effective batch {batch} ({per_device} per device x {accumulation} accumulation x {processes} processes)"
+    )
 
     def nearest(n: int) -> str:
         low, high = (n // batch) * batch, (n // batch + 1) * batch
         return " or ".join(str(v) for v in (low, high) if v > 0)
 
     if samples % batch:
-        raise IclvsftError(f"--samples {samples} is not a multiple of {where}; sample counts are whole "
-                           f"batches: use {nearest(samples)}, or change the batch")
+        raise IclvsftError(
+            f"--samples {samples} is not a multiple of {where}; sample counts are whole "
+            f"batches: use {nearest(samples)}, or change the batch"
+        )
     total = epochs * samples / batch
     if epochs <= 0 or abs(total - round(total)) > 1e-9:
-        raise IclvsftError(f"num_train_epochs {epochs} x --samples {samples} is not a whole number of "
-                           f"batches of {batch}")
+        raise IclvsftError(
+            f"num_train_epochs {epochs} x --samples {samples} is not a whole number of batches of {batch}"
+        )
     max_steps = round(total)
     steps: dict[int, int] = {}
     for m in sorted(set(milestones)):
         if m <= 0 or m % batch or m > max_steps * batch:
-            raise IclvsftError(f"milestone {m} must be a positive multiple of {where}, at most the "
-                               f"{max_steps * batch} samples the run sees; nearest: {nearest(m)}")
+            raise IclvsftError(
+                f"milestone {m} must be a positive multiple of {where}, at most the "
+                f"{max_steps * batch} samples the run sees; nearest: {nearest(m)}"
+            )
         steps[m] = m // batch
     # Checkpoints every gcd of the milestone steps land on every milestone (the trainer also saves at
     # the last step); the ones in between are resume points, deleted when the run ends. Without
@@ -255,6 +272,7 @@ def plan_schedule(samples: int, epochs: float, per_device: int, accumulation: in
 
 
 # --- the run -------------------------------------------------------------------------------------
+
 
 @dataclasses.dataclass
 class TrainOptions:
@@ -285,7 +303,7 @@ def check_model(model: str) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             AutoConfig.from_pretrained(str(path) if looks_local else model)
-    except Exception as exc:  # noqa: BLE001 - any loading failure is the user's model, said in one line
+    except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise IclvsftError(f"cannot load model {model}: {first}") from None
 
@@ -297,8 +315,10 @@ def check_output_dir(output_dir: Path, resume: bool) -> None:
         return
     if output_dir.is_dir() and any(output_dir.iterdir()) and not _only_prepared(output_dir):
         what = "a run" if (output_dir / MANIFEST).exists() else "files"
-        raise IclvsftError(f"--output_dir {output_dir} already holds {what}; add --resume to continue "
-                           "an interrupted run, or choose another directory")
+        raise IclvsftError(
+            f"--output_dir {output_dir} already holds {what}; add --resume to continue "
+            "an interrupted run, or choose another directory"
+        )
     probe_parent = output_dir if output_dir.is_dir() else next(p for p in output_dir.parents if p.exists())
     if not probe_parent.is_dir() or not os.access(probe_parent, os.W_OK | os.X_OK):
         raise IclvsftError(f"--output_dir {output_dir} is not writable ({probe_parent} is not a writable directory)")
@@ -364,8 +384,10 @@ def prepare(options: TrainOptions) -> dict[str, Any]:
     passthrough = normalize_passthrough(options.passthrough)
     for key in DERIVED_KEYS:
         if key in user or flag_value(passthrough, f"--{key}") is not None:
-            raise IclvsftError(f"{key} is set by iclvsft-train (from --samples, --milestones and --resume); "
-                               "remove it from your flags and --config")
+            raise IclvsftError(
+                f"{key} is set by iclvsft-train (from --samples, --milestones and --resume); "
+                "remove it from your flags and --config"
+            )
     for key in ("model_name_or_path", "output_dir"):
         if key in user:
             raise IclvsftError(f"give --{key} on the command line, not in --config")
@@ -376,11 +398,17 @@ def prepare(options: TrainOptions) -> dict[str, Any]:
         # matching the trainer's; this also silences accelerate's "values were not passed" warning.
         precision = "bf16" if trained.get("bf16") else "fp16" if trained.get("fp16") else "no"
         launcher = {"num_processes": 1, "num_machines": 1, "mixed_precision": precision, "dynamo_backend": "no"}
-    base = merge_configs(recipe, platform_defaults(), launcher, user, {
-        "model_name_or_path": options.model,
-        "output_dir": str(output_dir),
-        "dataset_name": str((output_dir / DATA_DIR).resolve()),
-    })
+    base = merge_configs(
+        recipe,
+        platform_defaults(),
+        launcher,
+        user,
+        {
+            "model_name_or_path": options.model,
+            "output_dir": str(output_dir),
+            "dataset_name": str((output_dir / DATA_DIR).resolve()),
+        },
+    )
 
     # Parse the way `trl sft` will, to learn the batch and epochs that explicit flags may override.
     probe_dir = Path(os.environ.get("TMPDIR", "/tmp"))
@@ -391,10 +419,17 @@ def prepare(options: TrainOptions) -> dict[str, Any]:
     finally:
         probe.unlink(missing_ok=True)
     processes = world_size(passthrough, base)
-    schedule = plan_schedule(options.samples, float(sft_args.num_train_epochs), sft_args.per_device_train_batch_size,
-                             sft_args.gradient_accumulation_steps, processes, options.milestones)
-    resolved = merge_configs(base, {"max_steps": schedule.max_steps, "save_strategy": "steps",
-                                    "save_steps": schedule.save_steps})
+    schedule = plan_schedule(
+        options.samples,
+        float(sft_args.num_train_epochs),
+        sft_args.per_device_train_batch_size,
+        sft_args.gradient_accumulation_steps,
+        processes,
+        options.milestones,
+    )
+    resolved = merge_configs(
+        base, {"max_steps": schedule.max_steps, "save_strategy": "steps", "save_steps": schedule.save_steps}
+    )
 
     manifest = {
         "status": "prepared",
@@ -420,11 +455,22 @@ def prepare(options: TrainOptions) -> dict[str, Any]:
         "versions": _versions(),
     }
     if previous is not None:
-        for key in ("tasks", "samples", "data_seed", "train_shots", "split_sizes", "split_fingerprints",
-                    "resolved_config", "passthrough_flags", "milestones"):
+        for key in (
+            "tasks",
+            "samples",
+            "data_seed",
+            "train_shots",
+            "split_sizes",
+            "split_fingerprints",
+            "resolved_config",
+            "passthrough_flags",
+            "milestones",
+        ):
             if previous.get(key) != manifest[key]:
-                raise IclvsftError(f"--resume needs the same options as the interrupted run, but {key} differs "
-                                   f"(see {output_dir / MANIFEST})")
+                raise IclvsftError(
+                    f"--resume needs the same options as the interrupted run, but {key} differs "
+                    f"(see {output_dir / MANIFEST})"
+                )
 
     with _progress(options.samples, "training data") as bar:
         records = build_records(data, progress=bar.update)
@@ -486,9 +532,12 @@ def run(options: TrainOptions) -> int:
         return 0
     manifest["status"] = "running"
     _write_manifest(output_dir, manifest)
-    print(f"iclvsft-train: {manifest['samples']} samples of {', '.join(manifest['tasks'])}, "
-          f"{manifest['max_steps']} steps of {manifest['effective_batch']} samples, recipe {options.recipe}"
-          + (f", resuming from {resume_from.name}" if resume_from else ""), file=sys.stderr)
+    print(
+        f"iclvsft-train: {manifest['samples']} samples of {', '.join(manifest['tasks'])}, "
+        f"{manifest['max_steps']} steps of {manifest['effective_batch']} samples, recipe {options.recipe}"
+        + (f", resuming from {resume_from.name}" if resume_from else ""),
+        file=sys.stderr,
+    )
     process = subprocess.Popen(cmd)
     previous = {sig: signal.signal(sig, lambda s, f: process.send_signal(s)) for sig in (signal.SIGTERM,)}
     try:
@@ -502,8 +551,10 @@ def run(options: TrainOptions) -> int:
         manifest["status"] = "failed"
         manifest["exit_code"] = code
         _write_manifest(output_dir, manifest)
-        print(f"iclvsft-train: trl sft exited with status {code}; `--resume` continues from the last checkpoint",
-              file=sys.stderr)
+        print(
+            f"iclvsft-train: trl sft exited with status {code}; `--resume` continues from the last checkpoint",
+            file=sys.stderr,
+        )
         return code
     checkpoints = complete_checkpoints(output_dir)
     last_state = json.loads((checkpoints[-1] / "trainer_state.json").read_text()) if checkpoints else {}

@@ -31,7 +31,9 @@ def merge_adapter(adapter: str | Path, out: str | Path, base: str | None = None,
             warnings.simplefilter("ignore")
             model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, dtype))
             merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
-            tokenizer = AutoTokenizer.from_pretrained(str(adapter) if (adapter / "tokenizer_config.json").is_file() else base)
+            tokenizer = AutoTokenizer.from_pretrained(
+                str(adapter) if (adapter / "tokenizer_config.json").is_file() else base
+            )
     except OSError as exc:
         raise IclvsftError(f"cannot load {base} with adapter {adapter}: {str(exc).splitlines()[0]}") from None
 

@@ -1,1 +1,1 @@
-"""One module per pattern task; the registry in ``iclvsft_tasks.registry`` lists them."""
+"""One module per pattern task; the registry in ``iclvsft_tasks.tasks.registry`` lists them."""

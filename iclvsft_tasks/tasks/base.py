@@ -20,7 +20,7 @@ import re
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar, NamedTuple
 
-from ..errors import IclvsftError
+from iclvsft_tasks.errors import IclvsftError
 
 
 class Draft(NamedTuple):
@@ -54,8 +54,7 @@ class TaskConfig:
         unknown = sorted(set(changes) - fields)
         if unknown:
             raise IclvsftError(
-                f"unknown setting(s) {', '.join(unknown)} for {type(self).__name__}; "
-                f"known: {', '.join(sorted(fields))}"
+                f"unknown setting(s) {', '.join(unknown)} for {type(self).__name__}; known: {', '.join(sorted(fields))}"
             )
         new = dataclasses.replace(self, **changes)
         new.validate()

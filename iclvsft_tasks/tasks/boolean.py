@@ -14,14 +14,14 @@ import random
 import re
 from typing import Any
 
-from .base import Draft, PatternTask, TaskConfig
+from iclvsft_tasks.tasks.base import Draft, PatternTask, TaskConfig
 
 _TOKEN = re.compile(r"\(|\)|True|False|and|or")
 
 
 @dataclasses.dataclass(frozen=True)
 class BooleanConfig(TaskConfig):
-    groups: tuple[int, int] = (2, 4)           # parenthesised groups in the body
+    groups: tuple[int, int] = (2, 4)  # parenthesised groups in the body
     literals_per_group: tuple[int, int] = (2, 4)
 
     def validate(self) -> None:

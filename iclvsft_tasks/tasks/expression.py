@@ -10,20 +10,20 @@ import random
 import re
 from typing import Any
 
-from ..errors import IclvsftError
-from .base import INTEGER_ANSWER, Draft, PatternTask, TaskConfig
+from iclvsft_tasks.errors import IclvsftError
+from iclvsft_tasks.tasks.base import INTEGER_ANSWER, Draft, PatternTask, TaskConfig
 
 _SIGNED_INT = re.compile(r"[+-]?\d+")
 
 
 @dataclasses.dataclass(frozen=True)
 class ExpressionConfig(TaskConfig):
-    simple_terms: tuple[int, int] = (1, 2)      # terms in S
-    simple_value: tuple[int, int] = (0, 10)     # value of S (= the pattern answer)
-    zero_terms: tuple[int, int] = (2, 4)        # terms in Z
-    zero_range: int = 20                        # Z's free terms are drawn from [-r, r]
-    complex_terms: int = 4                      # terms in C
-    complex_range: int = 10                     # C's free terms are drawn from [-r, r]
+    simple_terms: tuple[int, int] = (1, 2)  # terms in S
+    simple_value: tuple[int, int] = (0, 10)  # value of S (= the pattern answer)
+    zero_terms: tuple[int, int] = (2, 4)  # terms in Z
+    zero_range: int = 20  # Z's free terms are drawn from [-r, r]
+    complex_terms: int = 4  # terms in C
+    complex_range: int = 10  # C's free terms are drawn from [-r, r]
     complex_value: tuple[int, int] = (-10, 10)  # value of C
 
     def validate(self) -> None:

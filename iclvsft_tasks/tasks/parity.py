@@ -10,14 +10,14 @@ import dataclasses
 import random
 from typing import Any
 
-from ..errors import IclvsftError
-from .base import Draft, PatternTask, TaskConfig
+from iclvsft_tasks.errors import IclvsftError
+from iclvsft_tasks.tasks.base import Draft, PatternTask, TaskConfig
 
 
 @dataclasses.dataclass(frozen=True)
 class ParityConfig(TaskConfig):
-    count: tuple[int, int] = (3, 12)       # how many numbers
-    value: tuple[int, int] = (10, 999)     # multi-digit numbers
+    count: tuple[int, int] = (3, 12)  # how many numbers
+    value: tuple[int, int] = (10, 999)  # multi-digit numbers
 
     def validate(self) -> None:
         self.check_range("count", self.count, 2, 64)
@@ -48,10 +48,8 @@ class ParityPattern(PatternTask):
 
     def generate(self, rng: random.Random, pattern: bool) -> Draft:
         count = rng.randint(*self.config.count)
-        if pattern:
-            n_even = 0
-        else:  # an odd number of evens (1, 3, ...) flips sum parity against count parity
-            n_even = rng.randrange(1, count + 1, 2)
+        # Broken items: an odd number of evens (1, 3, ...) flips sum parity against count parity.
+        n_even = 0 if pattern else rng.randrange(1, count + 1, 2)
         evens = set(rng.sample(range(count), n_even))
         numbers = [self._number(rng, odd=i not in evens) for i in range(count)]
         question = "Numbers: " + " ".join(map(str, numbers))

@@ -13,16 +13,16 @@ import random
 import string
 from typing import Any
 
-from ..errors import IclvsftError
-from .base import Draft, PatternTask, TaskConfig
+from iclvsft_tasks.errors import IclvsftError
+from iclvsft_tasks.tasks.base import Draft, PatternTask, TaskConfig
 
 _OTHERS = string.ascii_uppercase[1:-1]  # B..Y: the cities besides the two in the question
 
 
 @dataclasses.dataclass(frozen=True)
 class RelationConfig(TaskConfig):
-    cities: tuple[int, int] = (5, 10)       # cities that appear, A (and Z) included
-    extra_edge_prob: float = 0.3            # chance of one extra edge per component (a cycle)
+    cities: tuple[int, int] = (5, 10)  # cities that appear, A (and Z) included
+    extra_edge_prob: float = 0.3  # chance of one extra edge per component (a cycle)
 
     def validate(self) -> None:
         self.check_range("cities", self.cities, 4, len(_OTHERS) + 2)

@@ -30,11 +30,11 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..demos import fixed_demos
-from ..errors import IclvsftError
-from ..prompts import TARGET_DELIMITER, render_prompt
-from ..registry import get_task
-from ..splits import SplitSpec, build_split
+from iclvsft_tasks.data.splits import SplitSpec, build_split
+from iclvsft_tasks.demos import fixed_demos
+from iclvsft_tasks.errors import IclvsftError
+from iclvsft_tasks.prompts import TARGET_DELIMITER, render_prompt
+from iclvsft_tasks.tasks.registry import get_task
 
 Item = Mapping[str, Any]
 
@@ -45,10 +45,10 @@ class Pair:
 
     clean_ids: tuple[int, ...]
     corrupt_ids: tuple[int, ...]
-    target: int                # first token of the shortcut answer (= the clean item's gold)
-    foil: int                  # first token of the corrupt item's gold
+    target: int  # first token of the shortcut answer (= the clean item's gold)
+    foil: int  # first token of the corrupt item's gold
     shots: int = 0
-    clean_id: str = ""         # item ids, for the record
+    clean_id: str = ""  # item ids, for the record
     corrupt_id: str = ""
     target_text: str = ""
     foil_text: str = ""
@@ -60,16 +60,27 @@ class Pair:
         if not self.clean_ids or not self.corrupt_ids:
             raise IclvsftError(f"{what} does not match: an input is empty")
         if len(self.clean_ids) != len(self.corrupt_ids):
-            raise IclvsftError(f"{what} does not match: the clean input has {len(self.clean_ids)} tokens and the "
-                               f"corrupt one {len(self.corrupt_ids)}, so positions would not align")
+            raise IclvsftError(
+                f"{what} does not match: the clean input has {len(self.clean_ids)} tokens and the "
+                f"corrupt one {len(self.corrupt_ids)}, so positions would not align"
+            )
         if int(self.target) == int(self.foil):
-            raise IclvsftError(f"{what} does not match: the target and foil first tokens are the same token "
-                               f"({self.target}), so the metric would be 0")
+            raise IclvsftError(
+                f"{what} does not match: the target and foil first tokens are the same token "
+                f"({self.target}), so the metric would be 0"
+            )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"clean_id": self.clean_id, "corrupt_id": self.corrupt_id, "shots": self.shots,
-                "tokens": len(self.clean_ids), "target": self.target, "foil": self.foil,
-                "target_text": self.target_text, "foil_text": self.foil_text}
+        return {
+            "clean_id": self.clean_id,
+            "corrupt_id": self.corrupt_id,
+            "shots": self.shots,
+            "tokens": len(self.clean_ids),
+            "target": self.target,
+            "foil": self.foil,
+            "target_text": self.target_text,
+            "foil_text": self.foil_text,
+        }
 
 
 def _encode(tokenizer: Any, text: str) -> list[int]:
@@ -94,8 +105,14 @@ def answer_tokens(tokenizer: Any, prompt: str, prompt_ids: Sequence[int], answer
     raise IclvsftError(f"the answer {answer!r} has no non-space token")
 
 
-def _pair(clean: Item, corrupt: Item, tokenizer: Any, demos: Sequence[Item], shots: int,
-          prompt_ids: Mapping[str, list[int]] | None = None) -> Pair:
+def _pair(
+    clean: Item,
+    corrupt: Item,
+    tokenizer: Any,
+    demos: Sequence[Item],
+    shots: int,
+    prompt_ids: Mapping[str, list[int]] | None = None,
+) -> Pair:
     """The pair of two items (IclvsftError with the reason when they do not make one)."""
     if clean.get("task") != corrupt.get("task"):
         raise IclvsftError(f"the items are from different tasks ({clean.get('task')}, {corrupt.get('task')})")
@@ -103,8 +120,9 @@ def _pair(clean: Item, corrupt: Item, tokenizer: Any, demos: Sequence[Item], sho
         raise IclvsftError("the clean item must be a pattern item and the corrupt one a pattern-broken item")
     shortcut = corrupt["shortcut_answer"]
     if shortcut != clean["answer"]:
-        raise IclvsftError(f"the corrupt item's shortcut answer {shortcut!r} is not the clean item's gold "
-                           f"{clean['answer']!r}")
+        raise IclvsftError(
+            f"the corrupt item's shortcut answer {shortcut!r} is not the clean item's gold {clean['answer']!r}"
+        )
     if corrupt["answer"] == shortcut:
         raise IclvsftError("the corrupt item's gold equals its shortcut answer")
     texts = {"clean": render_prompt(clean, demos), "corrupt": render_prompt(corrupt, demos)}
@@ -115,15 +133,25 @@ def _pair(clean: Item, corrupt: Item, tokenizer: Any, demos: Sequence[Item], sho
     lead, target = answer_tokens(tokenizer, texts["corrupt"], ids["corrupt"], shortcut)
     foil_lead, foil = answer_tokens(tokenizer, texts["corrupt"], ids["corrupt"], corrupt["answer"])
     if not clean_lead == lead == foil_lead:
-        raise IclvsftError("the answers start with different whitespace tokens, so their first tokens are not "
-                           "read at the same position")
+        raise IclvsftError(
+            "the answers start with different whitespace tokens, so their first tokens are not "
+            "read at the same position"
+        )
     if clean_first != target:
         raise IclvsftError("the clean gold and the corrupt shortcut begin with different tokens")
     if target == foil:
         raise IclvsftError(f"the shortcut {shortcut!r} and the gold {corrupt['answer']!r} begin with the same token")
-    return Pair(tuple(ids["clean"]) + lead, tuple(ids["corrupt"]) + lead, target, foil, shots,
-                str(clean.get("id", "")), str(corrupt.get("id", "")),
-                tokenizer.decode([target]), tokenizer.decode([foil]))
+    return Pair(
+        tuple(ids["clean"]) + lead,
+        tuple(ids["corrupt"]) + lead,
+        target,
+        foil,
+        shots,
+        str(clean.get("id", "")),
+        str(corrupt.get("id", "")),
+        tokenizer.decode([target]),
+        tokenizer.decode([foil]),
+    )
 
 
 def build_pair(clean: Item, corrupt: Item, tokenizer: Any, demos: Sequence[Item] = ()) -> Pair:
@@ -134,12 +162,20 @@ def build_pair(clean: Item, corrupt: Item, tokenizer: Any, demos: Sequence[Item]
     try:
         return _pair(clean, corrupt, tokenizer, list(demos), len(demos))
     except IclvsftError as exc:
-        raise IclvsftError(f"items {clean.get('id', '?')} and {corrupt.get('id', '?')} do not make a pair: "
-                           f"{exc}") from None
+        raise IclvsftError(
+            f"items {clean.get('id', '?')} and {corrupt.get('id', '?')} do not make a pair: {exc}"
+        ) from None
 
 
-def make_pairs(task: str, tokenizer: Any, shots: int | Sequence[int], n: int, seed: int = 0,
-               sizes: Mapping[str, int] | None = None, draw: int = 1) -> dict[int, list[Pair]]:
+def make_pairs(
+    task: str,
+    tokenizer: Any,
+    shots: int | Sequence[int],
+    n: int,
+    seed: int = 0,
+    sizes: Mapping[str, int] | None = None,
+    draw: int = 1,
+) -> dict[int, list[Pair]]:
     """``n`` matched pairs, the same items at every shot count in ``shots``: ``{k: [Pair, ...]}``.
 
     Clean items are taken in ``test`` order; each gets the first unused ``test_broken`` item that
@@ -175,12 +211,22 @@ def make_pairs(task: str, tokenizer: Any, shots: int | Sequence[int], n: int, se
         key = (clean["answer"], tuple(len(clean_ids[k]) for k in counts))
         candidates = [j for j in index.get(key, []) if j not in used]
         if not candidates:
-            rejected["no test_broken item with that shortcut answer and prompt length"] = \
+            rejected["no test_broken item with that shortcut answer and prompt length"] = (
                 rejected.get("no test_broken item with that shortcut answer and prompt length", 0) + 1
+            )
         for j in candidates:
             try:
-                pairs = {k: _pair(clean, corrupt_pool[j], tokenizer, demos[k], k,
-                                  {"clean": clean_ids[k], "corrupt": corrupt_ids[j][k]}) for k in counts}
+                pairs = {
+                    k: _pair(
+                        clean,
+                        corrupt_pool[j],
+                        tokenizer,
+                        demos[k],
+                        k,
+                        {"clean": clean_ids[k], "corrupt": corrupt_ids[j][k]},
+                    )
+                    for k in counts
+                }
             except IclvsftError as exc:
                 rejected[str(exc)] = rejected.get(str(exc), 0) + 1
                 continue
@@ -192,5 +238,6 @@ def make_pairs(task: str, tokenizer: Any, shots: int | Sequence[int], n: int, se
         raise IclvsftError(
             f"only {len(found)} matchable clean/corrupt pairs found for {task} among {len(clean_pool)} test and "
             f"{len(corrupt_pool)} test_broken items (shots {','.join(map(str, counts))}), {n} requested; "
-            f"ask for fewer items or raise --test-size/--test-broken-size (most common reason: {common})")
+            f"ask for fewer items or raise --test-size/--test-broken-size (most common reason: {common})"
+        )
     return {k: [pairs[k] for pairs in found] for k in counts}

@@ -28,13 +28,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..atomic import atomic_open, atomic_write_text, ensure_output_dir
-from ..cliutil import pin_cpu_threads, resolve_device
-from ..demos import fixed_demo_ids
-from ..errors import IclvsftError
-from ..lm_eval_configs import SHOTS, variant_name
-from ..splits import SplitSpec, fingerprints
-from .config import Experiment
+from iclvsft.compare.config import Experiment
+from iclvsft_tasks.atomic import atomic_open, atomic_write_text, ensure_output_dir
+from iclvsft_tasks.cliutil import pin_cpu_threads, resolve_device
+from iclvsft_tasks.data.splits import SplitSpec, fingerprints
+from iclvsft_tasks.demos import fixed_demo_ids
+from iclvsft_tasks.errors import IclvsftError
+from iclvsft_tasks.lm_eval_configs import SHOTS, variant_name
 
 EVAL_SPLITS = ("validation", "test", "test_broken")
 #: Backends built on lm-eval's HFLM (same arguments; ours adds shared-prefix KV reuse).
@@ -56,13 +56,13 @@ class Training:
 
 @dataclasses.dataclass(frozen=True)
 class Cell:
-    condition: str          # "icl" | "ft"
+    condition: str  # "icl" | "ft"
     task: str
     split: str
     shots: int
     ft_samples: int
     training: Training | None = None
-    draw: int = 0           # fixed demonstration set 1..R; 0: per-item demonstrations, or none (k=0, FT)
+    draw: int = 0  # fixed demonstration set 1..R; 0: per-item demonstrations, or none (k=0, FT)
 
     @property
     def demos(self) -> str | None:
@@ -70,9 +70,15 @@ class Cell:
         return None if self.shots == 0 else ("fixed" if self.draw else "per-item")
 
     def key(self, context: dict[str, Any]) -> str:
-        payload = {**context, "condition": self.condition, "task": self.task, "split": self.split,
-                   "shots": self.shots, "ft_samples": self.ft_samples,
-                   "training": self.training.config_hash if self.training else None}
+        payload = {
+            **context,
+            "condition": self.condition,
+            "task": self.task,
+            "split": self.split,
+            "shots": self.shots,
+            "ft_samples": self.ft_samples,
+            "training": self.training.config_hash if self.training else None,
+        }
         if self.shots:  # 0-shot cells stay valid whatever the demonstration mode
             payload.update({"demos": self.demos, "draw": self.draw})
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
@@ -117,16 +123,18 @@ def load_lm(exp: Experiment, model_path: str, adapter: str | None = None):
     hf = name in HF_BACKENDS
     extra = {"batch_size": exp.batch_size if hf else "auto", "device": _device(exp) if hf else None}
     if name == "iclvsft-hf":
-        from ..lm_eval_glue import register_backend
+        from iclvsft_tasks.lm_eval_glue import register_backend
 
         register_backend()
     try:
         if hf and adapter:
             return _merged_hf_lm(name, args, extra)
         return get_model(name).create_from_arg_obj(args, extra)
-    except Exception as exc:  # noqa: BLE001 - any failure to load is the user's model, said in one line
+    except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise IclvsftError(f"cannot load model {model_path}{' with adapter ' + adapter if adapter else ''}: {first}") from None
+        raise IclvsftError(
+            f"cannot load model {model_path}{' with adapter ' + adapter if adapter else ''}: {first}"
+        ) from None
 
 
 def _merged_hf_lm(name: str, args: dict[str, Any], extra: dict[str, Any]):
@@ -149,8 +157,9 @@ def _merged_hf_lm(name: str, args: dict[str, Any], extra: dict[str, Any]):
     merged.requires_grad_(True)
     tokenizer = AutoTokenizer.from_pretrained(args["pretrained"])
     options = {k: v for k, v in args.items() if k not in ("pretrained", "peft", "dtype")}
-    return get_model(name)(pretrained=merged, tokenizer=tokenizer, **options,
-                           **{k: v for k, v in extra.items() if v is not None})
+    return get_model(name)(
+        pretrained=merged, tokenizer=tokenizer, **options, **{k: v for k, v in extra.items() if v is not None}
+    )
 
 
 def _prompt_of(sample: dict[str, Any]) -> str:
@@ -170,14 +179,30 @@ def evaluate_cell(lm: Any, task_manager: Any, exp: Experiment, cell: Cell) -> tu
     name, num_fewshot = lm_eval_task(cell.task, cell.split, cell.shots)
     start = time.perf_counter()
     result = simple_evaluate(
-        model=lm, tasks=[name], task_manager=task_manager, num_fewshot=num_fewshot, log_samples=True,
-        bootstrap_iters=0, random_seed=0, numpy_random_seed=1234, torch_random_seed=1234,
-        fewshot_random_seed=exp.fewshot_seed, verbosity="ERROR",
+        model=lm,
+        tasks=[name],
+        task_manager=task_manager,
+        num_fewshot=num_fewshot,
+        log_samples=True,
+        bootstrap_iters=0,
+        random_seed=0,
+        numpy_random_seed=1234,
+        torch_random_seed=1234,
+        fewshot_random_seed=exp.fewshot_seed,
+        verbosity="ERROR",
     )
     wall = time.perf_counter() - start
     samples = sorted(result["samples"][name], key=lambda s: s["doc_id"])
-    predictions = [{"id": s["doc"]["id"], "answer": s["doc"]["answer"], "prediction": s["filtered_resps"][0],
-                    "raw": s["resps"][0][0], "correct": bool(s["exact_match"])} for s in samples]
+    predictions = [
+        {
+            "id": s["doc"]["id"],
+            "answer": s["doc"]["answer"],
+            "prediction": s["filtered_resps"][0],
+            "raw": s["resps"][0][0],
+            "correct": bool(s["exact_match"]),
+        }
+        for s in samples
+    ]
     prompt_tokens = sum(len(lm.tok_encode(_prompt_of(s))) for s in samples)
     if cell.draw:
         spec = SplitSpec.from_sizes(cell.task, exp.seed, exp.sizes)
@@ -188,14 +213,26 @@ def evaluate_cell(lm: Any, task_manager: Any, exp: Experiment, cell: Cell) -> tu
     accuracy = result["results"][name]["exact_match,extract"]
     if abs(accuracy - correct / max(len(predictions), 1)) > 1e-9:
         raise AssertionError(f"{name}: lm-eval's accuracy {accuracy} disagrees with the per-item predictions")
-    from .stats import wilson_interval
+    from iclvsft.compare.stats import wilson_interval
 
     low, high = wilson_interval(correct, len(predictions))
-    record = {"condition": cell.condition, "task": cell.task, "split": cell.split, "shots": cell.shots,
-              "ft_samples": cell.ft_samples, "draw": cell.draw, "demos": cell.demos, "n": len(predictions),
-              "correct": correct,
-              "accuracy": correct / max(len(predictions), 1), "ci_low": low, "ci_high": high,
-              "prompt_tokens": prompt_tokens, "wall_time_s": round(wall, 3), "lm_eval_task": name}
+    record = {
+        "condition": cell.condition,
+        "task": cell.task,
+        "split": cell.split,
+        "shots": cell.shots,
+        "ft_samples": cell.ft_samples,
+        "draw": cell.draw,
+        "demos": cell.demos,
+        "n": len(predictions),
+        "correct": correct,
+        "accuracy": correct / max(len(predictions), 1),
+        "ci_low": low,
+        "ci_high": high,
+        "prompt_tokens": prompt_tokens,
+        "wall_time_s": round(wall, 3),
+        "lm_eval_task": name,
+    }
     if cell.draw:
         record["demo_ids"] = demo_ids
     return record, predictions
@@ -235,9 +272,18 @@ def _trainings(exp: Experiment, model_id: dict[str, Any], out: Path) -> list[Tra
     groups = [tuple(exp.tasks)] if exp.ft_mode == "mixture" else [(t,) for t in exp.tasks]
     trainings = []
     for tasks in groups:
-        config = {"model": model_id, "tasks": tasks, "seed": exp.seed, "sizes": exp.sizes, "recipe": exp.recipe,
-                  "train_shots": exp.train_shots, "samples": max(exp.ft_samples), "milestones": exp.ft_samples,
-                  "train_args": exp.train_args, "dtype": exp.dtype}
+        config = {
+            "model": model_id,
+            "tasks": tasks,
+            "seed": exp.seed,
+            "sizes": exp.sizes,
+            "recipe": exp.recipe,
+            "train_shots": exp.train_shots,
+            "samples": max(exp.ft_samples),
+            "milestones": exp.ft_samples,
+            "train_args": exp.train_args,
+            "dtype": exp.dtype,
+        }
         config_hash = _hash(config)
         name = ("mixture" if len(tasks) > 1 else tasks[0]) + f"-{exp.recipe}-{config_hash}"
         trainings.append(Training(name, tasks, out / FT_DIR / name, config_hash))
@@ -251,9 +297,15 @@ def _train_options(exp: Experiment, model_path: str, training: Training, extra: 
     if exp.dtype in ("bfloat16", "float16") and "--dtype" not in passthrough:
         passthrough += ["--dtype", exp.dtype]  # the weights' dtype; mixed precision stays the recipe's
     return TrainOptions(
-        task=",".join(training.tasks), samples=max(exp.ft_samples), model=model_path,
-        output_dir=training.directory, recipe=exp.recipe, milestones=tuple(exp.ft_samples),
-        train_shots=tuple(exp.train_shots), data_seed=exp.seed, sizes=exp.sizes,
+        task=",".join(training.tasks),
+        samples=max(exp.ft_samples),
+        model=model_path,
+        output_dir=training.directory,
+        recipe=exp.recipe,
+        milestones=tuple(exp.ft_samples),
+        train_shots=tuple(exp.train_shots),
+        data_seed=exp.seed,
+        sizes=exp.sizes,
         passthrough=tuple(passthrough) + tuple(extra),
     )
 
@@ -304,8 +356,9 @@ def ensure_trained(exp: Experiment, model_path: str, training: Training, logging
         options.resume = status in ("running", "failed") and bool(launch.complete_checkpoints(training.directory))
         code = launch.run(options)
         if code != 0:
-            raise IclvsftError(f"fine-tuning {training.name} failed (trl sft exit status {code}); "
-                               f"rerun the same command to resume it")
+            raise IclvsftError(
+                f"fine-tuning {training.name} failed (trl sft exit status {code}); rerun the same command to resume it"
+            )
     return json.loads((training.directory / "manifest.json").read_text())
 
 
@@ -317,24 +370,31 @@ def milestone_tokens(manifest: dict[str, Any], samples: int) -> int:
     return int(float(logged[-1]["num_tokens"])) if logged else 0
 
 
-def run_circuit_analyses(exp: Experiment, records: Sequence[dict[str, Any]], out: Path,
-                         label: str) -> tuple[list[str], dict[str, Any]]:
+def run_circuit_analyses(
+    exp: Experiment, records: Sequence[dict[str, Any]], out: Path, label: str
+) -> tuple[list[str], dict[str, Any]]:
     """The circuit-shift analysis of each task at the validation-chosen k* and n*.
 
     Writes ``<out>/circuits/<task>/`` (reused when its settings have not changed) and returns the
     report section's lines and, per task, the result file or why the analysis did not run. A
     missing condition (k* = 0, no FT result) or too few pairs is said in the section, not raised.
     """
-    from ..circuits import CircuitsConfig, run_circuits
-    from ..circuits.report import render_section
-    from ..circuits.run import DTYPES as CIRCUIT_DTYPES
-    from . import report
+    from iclvsft.circuits import CircuitsConfig, run_circuits
+    from iclvsft.circuits.report import render_section
+    from iclvsft.circuits.run import DTYPES as CIRCUIT_DTYPES
+    from iclvsft.compare import report
 
-    lines = ["## Circuit shift", "", (
-        "Which attention heads and MLP layers the demonstrations (ICL at k*) and the fine-tuning (FT at n*) "
-        "change, measured by patching pattern items into matched pattern-broken items (`iclvsft circuits`; "
-        f"{exp.circuit_items} pairs from `test`/`test_broken`, the fixed demonstrations of draw 1). The shift is "
-        "the distance of each condition's importance map from the base model's 0-shot map."), ""]
+    lines = [
+        "## Circuit shift",
+        "",
+        (
+            "Which attention heads and MLP layers the demonstrations (ICL at k*) and the fine-tuning (FT at n*) "
+            "change, measured by patching pattern items into matched pattern-broken items (`iclvsft circuits`; "
+            f"{exp.circuit_items} pairs from `test`/`test_broken`, the fixed demonstrations of draw 1). The shift is "
+            "the distance of each condition's importance map from the base model's 0-shot map."
+        ),
+        "",
+    ]
     summary: dict[str, Any] = {}
     for task in exp.tasks:
         icl = report.select_best(records, "icl", task, label)
@@ -358,9 +418,18 @@ def run_circuit_analyses(exp: Experiment, records: Sequence[dict[str, Any]], out
             summary[task] = {"status": "not run", "notes": notes}
             continue
         config = CircuitsConfig(
-            model=exp.model, task=task, shots=shots, ft_checkpoint=checkpoint, items=exp.circuit_items,
-            out=str(out / "circuits" / task), dtype=exp.dtype if exp.dtype in CIRCUIT_DTYPES else "float32",
-            device=exp.device, seed=exp.seed, sizes=exp.sizes, draw=1)
+            model=exp.model,
+            task=task,
+            shots=shots,
+            ft_checkpoint=checkpoint,
+            items=exp.circuit_items,
+            out=str(out / "circuits" / task),
+            dtype=exp.dtype if exp.dtype in CIRCUIT_DTYPES else "float32",
+            device=exp.device,
+            seed=exp.seed,
+            sizes=exp.sizes,
+            draw=1,
+        )
         try:
             result = run_circuits(config, reuse=True)
         except IclvsftError as exc:
@@ -368,20 +437,30 @@ def run_circuit_analyses(exp: Experiment, records: Sequence[dict[str, Any]], out
             summary[task] = {"status": "failed", "error": str(exc), "notes": notes}
             continue
         n = f", FT n*={ft['ft_samples']} ({checkpoint})" if checkpoint else ""
-        lines += [(f"ICL k*={shots}{n}, chosen on validation. Files: `circuits/{task}/` "
-                  f"([report](circuits/{task}/report.md), `circuits.json`)."), ""]
+        lines += [
+            (
+                f"ICL k*={shots}{n}, chosen on validation. Files: `circuits/{task}/` "
+                f"([report](circuits/{task}/report.md), `circuits.json`)."
+            ),
+            "",
+        ]
         lines += render_section(result, link_prefix=f"circuits/{task}/", level=4)
-        summary[task] = {"status": "done", "result": str(out / "circuits" / task / "circuits.json"),
-                         "verdict": result["verdict"], "notes": notes}
+        summary[task] = {
+            "status": "done",
+            "result": str(out / "circuits" / task / "circuits.json"),
+            "verdict": result["verdict"],
+            "notes": notes,
+        }
     return lines, summary
 
 
-def run_compare(exp: Experiment, command: Sequence[str] = (),
-                progress: Callable[..., Any] | None = None) -> dict[str, Any]:
+def run_compare(
+    exp: Experiment, command: Sequence[str] = (), progress: Callable[..., Any] | None = None
+) -> dict[str, Any]:
     """Run (or resume) the whole comparison; returns the run's metadata (paths, choices, timing)."""
-    from ..lm_eval_glue import task_manager
-    from ..models import model_label, resolve_model
-    from . import report
+    from iclvsft.compare import report
+    from iclvsft.models import model_label, resolve_model
+    from iclvsft_tasks.lm_eval_glue import task_manager
 
     started = time.perf_counter()
     out = ensure_output_dir(exp.out)
@@ -390,12 +469,23 @@ def run_compare(exp: Experiment, command: Sequence[str] = (),
     label = model_label(exp.model)
     model_id = {"label": label, "path": model_path}
     split_fps = {t: fingerprints(SplitSpec.from_sizes(t, exp.seed, exp.sizes)) for t in exp.tasks}
-    context = {"model": model_id, "seed": exp.seed, "fewshot_seed": exp.fewshot_seed, "dtype": exp.dtype,
-               "backend": exp.eval_backend, "eval_args": exp.eval_args}
+    context = {
+        "model": model_id,
+        "seed": exp.seed,
+        "fewshot_seed": exp.fewshot_seed,
+        "dtype": exp.dtype,
+        "backend": exp.eval_backend,
+        "eval_args": exp.eval_args,
+    }
     trainings = _trainings(exp, model_id, out)
 
-    cells = [Cell("icl", t, s, k, 0, draw=d) for t in exp.tasks for k in exp.shots for d in exp.draws_for(k)
-             for s in EVAL_SPLITS]
+    cells = [
+        Cell("icl", t, s, k, 0, draw=d)
+        for t in exp.tasks
+        for k in exp.shots
+        for d in exp.draws_for(k)
+        for s in EVAL_SPLITS
+    ]
     for training in trainings:
         cells += [Cell("ft", t, s, 0, n, training) for t in training.tasks for n in exp.ft_samples for s in EVAL_SPLITS]
 
@@ -411,8 +501,9 @@ def run_compare(exp: Experiment, command: Sequence[str] = (),
             records[key_of(cell)] = found
         else:
             todo.append(cell)
-    logging_flags = {t.name: plan_training(exp, model_path, t) for t in trainings} if any(
-        c.condition == "ft" for c in todo) else {}
+    logging_flags = (
+        {t.name: plan_training(exp, model_path, t) for t in trainings} if any(c.condition == "ft" for c in todo) else {}
+    )
     threads = pin_cpu_threads(_device(exp))  # 2 busy cores ran 6-30x slower with 2 threads than 1
     sizes = {f"{s}_size": n for s, n in exp.sizes.items()}
     managers: dict[int, Any] = {}
@@ -429,8 +520,9 @@ def run_compare(exp: Experiment, command: Sequence[str] = (),
 
     from tqdm.auto import tqdm
 
-    bar = (progress or tqdm)(total=len(cells), initial=len(cells) - len(todo), desc="cells", unit="cell",
-                             file=sys.stderr)
+    bar = (progress or tqdm)(
+        total=len(cells), initial=len(cells) - len(todo), desc="cells", unit="cell", file=sys.stderr
+    )
 
     def finish(cell: Cell, lm: Any, extra: dict[str, Any]) -> None:
         record, predictions = evaluate_cell(lm, manager_for(cell), exp, cell)
@@ -466,13 +558,26 @@ def run_compare(exp: Experiment, command: Sequence[str] = (),
 
     current = sorted(records.values(), key=lambda r: r["key"])
     meta = {
-        "model": label, "model_path": model_path, "tasks": exp.tasks, "seed": exp.seed,
-        "fewshot_seed": exp.fewshot_seed, "demos": exp.demos, "draws": exp.draws,
-        "split_sizes": exp.sizes, "split_fingerprints": split_fps,
-        "shots": exp.shots, "ft_samples": exp.ft_samples, "recipe": exp.recipe, "ft_mode": exp.ft_mode,
-        "dtype": exp.dtype, "eval_backend": exp.eval_backend, "device": _device(exp), "torch_threads": threads,
+        "model": label,
+        "model_path": model_path,
+        "tasks": exp.tasks,
+        "seed": exp.seed,
+        "fewshot_seed": exp.fewshot_seed,
+        "demos": exp.demos,
+        "draws": exp.draws,
+        "split_sizes": exp.sizes,
+        "split_fingerprints": split_fps,
+        "shots": exp.shots,
+        "ft_samples": exp.ft_samples,
+        "recipe": exp.recipe,
+        "ft_mode": exp.ft_mode,
+        "dtype": exp.dtype,
+        "eval_backend": exp.eval_backend,
+        "device": _device(exp),
+        "torch_threads": threads,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-        "date": datetime.date.today().isoformat(), "command": " ".join(command),
+        "date": datetime.date.today().isoformat(),
+        "command": " ".join(command),
         "wall_time_s": round(time.perf_counter() - started, 1),
         "fine_tunes": {t.name: str(t.directory) for t in trainings},
     }

@@ -132,5 +132,11 @@ def paired_sign_flip(a_scores: Sequence[float], b_scores: Sequence[float], resol
     total = sum(counts.values())
     extreme = sum(count for value, count in counts.items() if abs(value) >= observed)
     method = "exact McNemar" if resolution == 1 else f"exact paired sign-flip test (mean of {resolution} draws)"
-    return McNemarResult(b01=b01, b10=b10, p_value=min(1.0, extreme / total), n=len(diffs), method=method,
-                         mean_difference=sum(diffs) / resolution / len(diffs) if diffs else 0.0)
+    return McNemarResult(
+        b01=b01,
+        b10=b10,
+        p_value=min(1.0, extreme / total),
+        n=len(diffs),
+        method=method,
+        mean_difference=sum(diffs) / resolution / len(diffs) if diffs else 0.0,
+    )

@@ -35,9 +35,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import IclvsftError
-from ..kvcache import cache_keyword, output_cache, resumable
-from .pairs import Pair
+from iclvsft.circuits.pairs import Pair
+from iclvsft_tasks.backend.kvcache import cache_keyword, output_cache, resumable
+from iclvsft_tasks.errors import IclvsftError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,8 +55,9 @@ class Components:
 
     def names(self) -> list[str]:
         """Component names in score order: ``L0H0 .. L{n}H{m}`` then ``MLP0 .. MLP{n}``."""
-        return ([f"L{layer}H{head}" for layer in range(self.n_layers) for head in range(self.n_heads)]
-                + [f"MLP{layer}" for layer in range(self.n_layers)])
+        return [f"L{layer}H{head}" for layer in range(self.n_layers) for head in range(self.n_heads)] + [
+            f"MLP{layer}" for layer in range(self.n_layers)
+        ]
 
 
 def _config(model: Any) -> Any:
@@ -70,8 +71,10 @@ def decoder_layers(model: Any) -> Sequence[Any]:
     if layers is None and hasattr(model, "get_decoder"):
         layers = getattr(model.get_decoder(), "layers", None)
     if layers is None:
-        raise IclvsftError(f"{type(model).__name__} is not supported: circuits need decoder layers at "
-                           f"model.model.layers (Llama, Qwen2, Gemma 3 and similar)")
+        raise IclvsftError(
+            f"{type(model).__name__} is not supported: circuits need decoder layers at "
+            f"model.model.layers (Llama, Qwen2, Gemma 3 and similar)"
+        )
     return layers
 
 
@@ -82,8 +85,9 @@ def components(model: Any) -> Components:
         o_proj = tuple(layer.self_attn.o_proj for layer in layers)
         mlp = tuple(layer.mlp for layer in layers)
     except AttributeError:
-        raise IclvsftError(f"{type(model).__name__} is not supported: its layers need self_attn.o_proj and mlp "
-                           f"modules") from None
+        raise IclvsftError(
+            f"{type(model).__name__} is not supported: its layers need self_attn.o_proj and mlp modules"
+        ) from None
     config = _config(model)
     heads = int(config.num_attention_heads)
     width = int(o_proj[0].in_features)
@@ -112,21 +116,28 @@ class Scores:
 
 
 @contextlib.contextmanager
-def _hooked(comps: Components, head_input: Callable[[int, Any], Any] | None = None,
-            mlp_output: Callable[[int, Any], Any] | None = None) -> Iterator[None]:
+def _hooked(
+    comps: Components,
+    head_input: Callable[[int, Any], Any] | None = None,
+    mlp_output: Callable[[int, Any], Any] | None = None,
+) -> Iterator[None]:
     """Call ``head_input(layer, x)`` on every o_proj input and ``mlp_output(layer, y)`` on every MLP
     output; a non-None return value replaces the tensor."""
     handles = []
     try:
         for layer, (o_proj, mlp) in enumerate(zip(comps.o_proj, comps.mlp)):
             if head_input is not None:
+
                 def pre(module: Any, args: tuple, layer: int = layer) -> Any:
                     new = head_input(layer, args[0])
                     return None if new is None else (new, *args[1:])
+
                 handles.append(o_proj.register_forward_pre_hook(pre))
             if mlp_output is not None:
+
                 def post(module: Any, args: tuple, output: Any, layer: int = layer) -> Any:
                     return mlp_output(layer, output)
+
                 handles.append(mlp.register_forward_hook(post))
         yield
     finally:
@@ -175,16 +186,19 @@ def prefix_cache(model: Any, ids: Sequence[int], base: Prefix | None = None) -> 
     ids = tuple(int(t) for t in ids)
     if not ids or cache_keyword(model) is None:
         return None
-    if base is not None and ids[:len(base.ids)] == base.ids:
+    if base is not None and ids[: len(base.ids)] == base.ids:
         if len(ids) == len(base.ids):
             return base
         start = base
     else:
         start = None
-    rest = ids[len(start.ids):] if start else ids
+    rest = ids[len(start.ids) :] if start else ids
     with torch.no_grad():
-        out = _forward(model, rest, start) if start else model(input_ids=_ids(model, rest), use_cache=True,
-                                                                 logits_to_keep=1)
+        out = (
+            _forward(model, rest, start)
+            if start
+            else model(input_ids=_ids(model, rest), use_cache=True, logits_to_keep=1)
+        )
     cache = output_cache(out)
     return Prefix(ids, cache) if resumable(cache) else None
 
@@ -217,8 +231,9 @@ def metric(model: Any, ids: Sequence[int], target: int, foil: int) -> float:
     return float(_metric_of(out.logits, target, foil)[0])
 
 
-def _record(model: Any, comps: Components, ids: Sequence[int], pair: Pair,
-            prefix: Prefix | None) -> tuple[float, list, list]:
+def _record(
+    model: Any, comps: Components, ids: Sequence[int], pair: Pair, prefix: Prefix | None
+) -> tuple[float, list, list]:
     """A no-grad run after ``prefix`` that keeps every component's activation on the tokens after it:
     (metric, head inputs, MLP outputs)."""
     import torch
@@ -252,8 +267,9 @@ def _frozen(model: Any) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
-def attribution_scores(model: Any, pair: Pair, comps: Components | None = None, prefix: Prefix | None = None,
-                       use_prefix: bool = True) -> Scores:
+def attribution_scores(
+    model: Any, pair: Pair, comps: Components | None = None, prefix: Prefix | None = None, use_prefix: bool = True
+) -> Scores:
     """Attribution patching: ``(a_clean - a_corrupt) . dM/da`` at the corrupt run, per component.
 
     ``prefix``: a cache of tokens that begin both inputs (e.g. the demonstrations), extended to the
@@ -293,8 +309,14 @@ def attribution_scores(model: Any, pair: Pair, comps: Components | None = None, 
     return Scores(head_scores, mlp_scores, clean_metric, float(value.detach()))
 
 
-def activation_scores(model: Any, pair: Pair, comps: Components | None = None, batch_size: int = 8,
-                      prefix: Prefix | None = None, use_prefix: bool = True) -> Scores:
+def activation_scores(
+    model: Any,
+    pair: Pair,
+    comps: Components | None = None,
+    batch_size: int = 8,
+    prefix: Prefix | None = None,
+    use_prefix: bool = True,
+) -> Scores:
     """Activation patching: the exact metric change when one component gets its clean activation.
 
     One forward pass per component, ``batch_size`` of them at a time (row r patches component r);
@@ -308,11 +330,13 @@ def activation_scores(model: Any, pair: Pair, comps: Components | None = None, b
     clean_metric, clean_heads, clean_mlps = _record(model, comps, pair.clean_ids, pair, prefix)
     corrupt_metric, _, _ = _record(model, comps, pair.corrupt_ids, pair, prefix)
     L, H, D = comps.n_layers, comps.n_heads, comps.head_dim
-    todo = [("head", layer, head) for layer in range(L) for head in range(H)] + [("mlp", layer, 0) for layer in range(L)]
+    todo = [("head", layer, head) for layer in range(L) for head in range(H)] + [
+        ("mlp", layer, 0) for layer in range(L)
+    ]
     results: list[float] = []
     step = max(1, batch_size)
     for first in range(0, len(todo), step):
-        chunk = todo[first:first + step]
+        chunk = todo[first : first + step]
 
         def patch_head(layer: int, x: Any, chunk: list = chunk) -> Any:
             rows = [(r, h) for r, (kind, lay, h) in enumerate(chunk) if kind == "head" and lay == layer]
@@ -320,7 +344,7 @@ def activation_scores(model: Any, pair: Pair, comps: Components | None = None, b
                 return None
             x = x.clone()
             for r, h in rows:
-                x[r, :, h * D:(h + 1) * D] = clean_heads[layer][0, :, h * D:(h + 1) * D]
+                x[r, :, h * D : (h + 1) * D] = clean_heads[layer][0, :, h * D : (h + 1) * D]
             return x
 
         def patch_mlp(layer: int, y: Any, chunk: list = chunk) -> Any:
@@ -336,4 +360,4 @@ def activation_scores(model: Any, pair: Pair, comps: Components | None = None, b
             out = _forward(model, pair.corrupt_ids[start:], prefix, rows=len(chunk))
         results += _metric_of(out.logits, pair.target, pair.foil).double().cpu().tolist()
     patched = np.asarray(results) - corrupt_metric
-    return Scores(patched[:L * H].reshape(L, H), patched[L * H:], clean_metric, corrupt_metric)
+    return Scores(patched[: L * H].reshape(L, H), patched[L * H :], clean_metric, corrupt_metric)

@@ -10,11 +10,18 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import save_figure
+from iclvsft_tasks.atomic import save_figure
 
 
-def plot_map(heads: np.ndarray, mlps: np.ndarray, path: str | os.PathLike[str], title: str,
-             diverging: bool = False, head_max: float | None = None, mlp_max: float | None = None) -> Path:
+def plot_map(
+    heads: np.ndarray,
+    mlps: np.ndarray,
+    path: str | os.PathLike[str],
+    title: str,
+    diverging: bool = False,
+    head_max: float | None = None,
+    mlp_max: float | None = None,
+) -> Path:
     """One PNG: ``heads`` [layers, heads] and ``mlps`` [layers] side by side, layer 0 at the top.
 
     ``diverging``: a difference map, drawn on a red-blue scale symmetric around 0. ``head_max`` /

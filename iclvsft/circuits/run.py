@@ -26,22 +26,17 @@ from typing import Any
 
 import numpy as np
 
-from ..atomic import atomic_write_text, ensure_output_dir
-from ..cliutil import pin_cpu_threads, resolve_device
-from ..errors import IclvsftError
-from ..registry import get_task
-from ..splits import SplitSpec
-from .pairs import Pair, make_pairs
-from .patching import (
+from iclvsft.circuits.pairs import Pair, make_pairs
+from iclvsft.circuits.patching import (
     activation_scores,
     attribution_scores,
     components,
     prefix_cache,
     shared_length,
 )
-from .plots import plot_map
-from .report import write_report
-from .shift import (
+from iclvsft.circuits.plots import plot_map
+from iclvsft.circuits.report import write_report
+from iclvsft.circuits.shift import (
     DEFAULT_BOOTSTRAP,
     DEFAULT_LEVEL,
     DEFAULT_TOP_FRACTION,
@@ -49,6 +44,11 @@ from .shift import (
     importance_map,
     spearman,
 )
+from iclvsft_tasks.atomic import atomic_write_text, ensure_output_dir
+from iclvsft_tasks.cliutil import pin_cpu_threads, resolve_device
+from iclvsft_tasks.data.splits import SplitSpec
+from iclvsft_tasks.errors import IclvsftError
+from iclvsft_tasks.tasks.registry import get_task
 
 METHODS = ("attribution", "activation")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -56,8 +56,11 @@ DTYPES = ("float32", "bfloat16", "float16")
 ARCH_FIELDS = ("model_type", "num_hidden_layers", "num_attention_heads", "hidden_size", "vocab_size")
 RESULT_FILE = "circuits.json"
 FORMAT = 1
-CONDITION_LABELS = {"base": "base model, 0 shots", "icl": "base model, {k} shots (ICL)",
-                    "ft": "fine-tuned model, 0 shots (FT)"}
+CONDITION_LABELS = {
+    "base": "base model, 0 shots",
+    "icl": "base model, {k} shots (ICL)",
+    "ft": "fine-tuned model, 0 shots (FT)",
+}
 
 
 @dataclasses.dataclass
@@ -73,14 +76,14 @@ class CircuitsConfig:
     out: str = "runs/circuits"
     check_items: int = 3
     dtype: str = "float32"
-    device: str | None = None          # None: cuda when available, else cpu
+    device: str | None = None  # None: cuda when available, else cpu
     seed: int = 0
     sizes: dict[str, int] | None = None  # split sizes (None: the defaults); the evaluation's, to match its demos
     draw: int = 1
     bootstrap: int = DEFAULT_BOOTSTRAP
     top_fraction: float = DEFAULT_TOP_FRACTION
     level: float = DEFAULT_LEVEL
-    patch_batch: int = 8               # activation patching: components per forward pass
+    patch_batch: int = 8  # activation patching: components per forward pass
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -89,8 +92,14 @@ class CircuitsConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise IclvsftError(f"{name} must be an integer, got {value!r}")
-        for name, low in (("shots", 0), ("items", 1), ("check_items", 0), ("draw", 1), ("bootstrap", 1),
-                          ("patch_batch", 1)):
+        for name, low in (
+            ("shots", 0),
+            ("items", 1),
+            ("check_items", 0),
+            ("draw", 1),
+            ("bootstrap", 1),
+            ("patch_batch", 1),
+        ):
             if getattr(self, name) < low:
                 raise IclvsftError(f"{name} must be at least {low}, got {getattr(self, name)}")
         if self.method not in METHODS:
@@ -118,8 +127,9 @@ def checkpoint_kind(path: str | os.PathLike[str]) -> str:
         return "adapter"
     if (p / "config.json").is_file():
         return "full"
-    raise IclvsftError(f"fine-tuned checkpoint {path} holds neither config.json (a model) nor "
-                       f"adapter_config.json (a LoRA adapter)")
+    raise IclvsftError(
+        f"fine-tuned checkpoint {path} holds neither config.json (a model) nor adapter_config.json (a LoRA adapter)"
+    )
 
 
 def _text_config(config: Any) -> Any:
@@ -129,11 +139,16 @@ def _text_config(config: Any) -> Any:
 def check_architecture(base: Any, other: Any, where: str) -> None:
     """IclvsftError unless two configs agree on model type, layers, heads, width and vocabulary."""
     base, other = _text_config(base), _text_config(other)
-    diffs = [f"{f} {getattr(other, f, None)} vs {getattr(base, f, None)}" for f in ARCH_FIELDS
-             if getattr(other, f, None) != getattr(base, f, None)]
+    diffs = [
+        f"{f} {getattr(other, f, None)} vs {getattr(base, f, None)}"
+        for f in ARCH_FIELDS
+        if getattr(other, f, None) != getattr(base, f, None)
+    ]
     if diffs:
-        raise IclvsftError(f"checkpoint {where} has another architecture than the base model "
-                           f"({'; '.join(diffs)} in the base); give a fine-tune of the base model")
+        raise IclvsftError(
+            f"checkpoint {where} has another architecture than the base model "
+            f"({'; '.join(diffs)} in the base); give a fine-tune of the base model"
+        )
 
 
 def _one_line(exc: BaseException) -> str:
@@ -146,7 +161,7 @@ def _load_config(path: str) -> Any:
 
     try:
         return AutoConfig.from_pretrained(path)
-    except Exception as exc:  # noqa: BLE001 - whatever the loader raises, one line naming the path
+    except Exception as exc:
         raise IclvsftError(f"cannot read the model config in {path}: {_one_line(exc)}") from None
 
 
@@ -157,7 +172,7 @@ def load_model(path: str, dtype: str = "float32", device: str = "cpu", adapter: 
 
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise IclvsftError(f"cannot load model {path}: {_one_line(exc)}") from None
     if adapter is not None:
         try:
@@ -166,7 +181,7 @@ def load_model(path: str, dtype: str = "float32", device: str = "cpu", adapter: 
             model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
         except ImportError:
             raise IclvsftError("a LoRA checkpoint needs peft: pip install 'iclvsft[train]'") from None
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise IclvsftError(f"cannot apply adapter {adapter} to {path}: {_one_line(exc)}") from None
     return model.to(device).eval()
 
@@ -178,8 +193,15 @@ def _as_lists(scores: list[Any], field: str) -> list:
     return [getattr(s, field).tolist() for s in scores]
 
 
-def score_condition(model: Any, pairs: list[Pair], method: str, check_items: int, patch_batch: int = 8,
-                    desc: str = "pairs", progress: bool = True) -> dict[str, Any]:
+def score_condition(
+    model: Any,
+    pairs: list[Pair],
+    method: str,
+    check_items: int,
+    patch_batch: int = 8,
+    desc: str = "pairs",
+    progress: bool = True,
+) -> dict[str, Any]:
     """Attribution scores on every pair, activation scores on the first ``check_items`` (or all)."""
     from tqdm.auto import tqdm
 
@@ -207,20 +229,28 @@ def score_condition(model: Any, pairs: list[Pair], method: str, check_items: int
         "activation": None,
         "check": {"pairs": len(activation), "spearman": None},
         "shared_prefix_tokens": len(shared.ids) if shared else 0,
-        "timing": {"shared_prefix_s": t_prefix, "attribution_s_per_pair": t_attr / len(pairs),
-                   "activation_s_per_pair": t_act / len(activation) if activation else None},
+        "timing": {
+            "shared_prefix_s": t_prefix,
+            "attribution_s_per_pair": t_attr / len(pairs),
+            "activation_s_per_pair": t_act / len(activation) if activation else None,
+        },
     }
     if activation:
         effects = [s.effect for s in activation]
-        entry["activation"] = {"heads": _as_lists(activation, "heads"), "mlps": _as_lists(activation, "mlps"),
-                               "restoration": [[(float(x) / e if e else None) for x in np.concatenate(
-                                   [s.heads.ravel(), s.mlps])] for s, e in zip(activation, effects)]}
+        entry["activation"] = {
+            "heads": _as_lists(activation, "heads"),
+            "mlps": _as_lists(activation, "mlps"),
+            "restoration": [
+                [(float(x) / e if e else None) for x in np.concatenate([s.heads.ravel(), s.mlps])]
+                for s, e in zip(activation, effects)
+            ],
+        }
         rho = {}
         for kind in ("heads", "mlps"):
-            a = np.concatenate([getattr(s, kind).ravel() for s in attribution[:len(activation)]])
+            a = np.concatenate([getattr(s, kind).ravel() for s in attribution[: len(activation)]])
             b = np.concatenate([getattr(s, kind).ravel() for s in activation])
             rho[kind] = spearman(a, b)
-        both_a = np.concatenate([np.concatenate([s.heads.ravel(), s.mlps]) for s in attribution[:len(activation)]])
+        both_a = np.concatenate([np.concatenate([s.heads.ravel(), s.mlps]) for s in attribution[: len(activation)]])
         both_b = np.concatenate([np.concatenate([s.heads.ravel(), s.mlps]) for s in activation])
         rho["all"] = spearman(both_a, both_b)
         entry["check"]["spearman"] = rho
@@ -232,10 +262,27 @@ def score_condition(model: Any, pairs: list[Pair], method: str, check_items: int
 
 def settings_of(config: CircuitsConfig, model_path: str, ft: dict[str, str] | None) -> dict[str, Any]:
     """What determines the result (compared by ``reuse``)."""
-    keep = ("model", "task", "shots", "items", "method", "check_items", "dtype", "seed", "sizes", "draw",
-            "bootstrap", "top_fraction", "level")
-    return {**{k: getattr(config, k) for k in keep}, "model_path": model_path,
-            "ft_checkpoint": ft["path"] if ft else None, "device": resolve_device(config.device)}
+    keep = (
+        "model",
+        "task",
+        "shots",
+        "items",
+        "method",
+        "check_items",
+        "dtype",
+        "seed",
+        "sizes",
+        "draw",
+        "bootstrap",
+        "top_fraction",
+        "level",
+    )
+    return {
+        **{k: getattr(config, k) for k in keep},
+        "model_path": model_path,
+        "ft_checkpoint": ft["path"] if ft else None,
+        "device": resolve_device(config.device),
+    }
 
 
 def _previous(out: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
@@ -257,7 +304,7 @@ def run_circuits(config: CircuitsConfig, reuse: bool = False) -> dict[str, Any]:
     """
     from transformers import AutoTokenizer
 
-    from ..models import model_label, resolve_model
+    from iclvsft.models import model_label, resolve_model
 
     started = time.perf_counter()
     out = Path(config.out)
@@ -276,7 +323,7 @@ def run_circuits(config: CircuitsConfig, reuse: bool = False) -> dict[str, Any]:
             return old
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_path)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise IclvsftError(f"cannot load the tokenizer of {model_path}: {_one_line(exc)}") from None
     shot_counts = [0, config.shots] if config.shots else [0]
     pairs = make_pairs(config.task, tokenizer, shot_counts, config.items, config.seed, config.sizes, config.draw)
@@ -294,18 +341,28 @@ def run_circuits(config: CircuitsConfig, reuse: bool = False) -> dict[str, Any]:
     def run(name: str, model: Any, shots: int) -> None:
         start = time.perf_counter()
         label = CONDITION_LABELS[name].format(k=shots)
-        entry = score_condition(model, pairs[shots], config.method, config.check_items, config.patch_batch,
-                                desc=f"{name} ({label})", progress=config.progress)
+        entry = score_condition(
+            model,
+            pairs[shots],
+            config.method,
+            config.check_items,
+            config.patch_batch,
+            desc=f"{name} ({label})",
+            progress=config.progress,
+        )
         entry["timing"]["wall_s"] = time.perf_counter() - start
-        conditions[name] = {"label": label, "model": "fine-tuned" if name == "ft" else "base", "shots": shots,
-                            **entry}
+        conditions[name] = {"label": label, "model": "fine-tuned" if name == "ft" else "base", "shots": shots, **entry}
 
     start = time.perf_counter()
     model = load_model(model_path, config.dtype, device)
     timing["load_base_s"] = time.perf_counter() - start
     comps = components(model)
-    architecture = {"model_type": getattr(_text_config(model.config), "model_type", None),
-                    "layers": comps.n_layers, "heads": comps.n_heads, "head_dim": comps.head_dim}
+    architecture = {
+        "model_type": getattr(_text_config(model.config), "model_type", None),
+        "layers": comps.n_layers,
+        "heads": comps.n_heads,
+        "head_dim": comps.head_dim,
+    }
     run("base", model, 0)
     if config.shots:
         run("icl", model, config.shots)
@@ -324,10 +381,13 @@ def run_circuits(config: CircuitsConfig, reuse: bool = False) -> dict[str, Any]:
         gc.collect()
 
     method = config.method
-    scores = {kind: {name: np.asarray(c[method][kind]) for name, c in conditions.items()}
-              for kind in ("heads", "mlps")}
-    shift = {kind: bootstrap_shift(scores[kind], "base", ("icl", "ft"), config.top_fraction, config.bootstrap,
-                                   config.seed, config.level) for kind in ("heads", "mlps")}
+    scores = {kind: {name: np.asarray(c[method][kind]) for name, c in conditions.items()} for kind in ("heads", "mlps")}
+    shift = {
+        kind: bootstrap_shift(
+            scores[kind], "base", ("icl", "ft"), config.top_fraction, config.bootstrap, config.seed, config.level
+        )
+        for kind in ("heads", "mlps")
+    }
     for name, c in conditions.items():
         c["importance"] = {kind: importance_map(scores[kind][name]).tolist() for kind in ("heads", "mlps")}
 
@@ -340,16 +400,22 @@ def run_circuits(config: CircuitsConfig, reuse: bool = False) -> dict[str, Any]:
         "method": method,
         "ft_checkpoint": ft,
         "architecture": architecture,
-        "pairs": [{**pairs[0][i].to_dict(), "tokens": {str(k): len(pairs[k][i].clean_ids) for k in shot_counts}}
-                  for i in range(len(pairs[0]))],
+        "pairs": [
+            {**pairs[0][i].to_dict(), "tokens": {str(k): len(pairs[k][i].clean_ids) for k in shot_counts}}
+            for i in range(len(pairs[0]))
+        ],
         "conditions": conditions,
         "shift": shift,
         "verdict": {kind: (shift[kind]["difference"] or {}).get("l1", {}).get("verdict") for kind in ("heads", "mlps")},
         "notes": notes,
         "files": {"heatmaps": heatmaps, "report": "report.md"},
         "timing": timing,
-        "environment": {"torch_threads": threads, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-                        "python": platform.python_version(), "date": datetime.date.today().isoformat()},
+        "environment": {
+            "torch_threads": threads,
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+            "python": platform.python_version(),
+            "date": datetime.date.today().isoformat(),
+        },
     }
     atomic_write_text(out / RESULT_FILE, json.dumps(result, indent=1) + "\n")
     write_report(result, out)
@@ -358,8 +424,10 @@ def run_circuits(config: CircuitsConfig, reuse: bool = False) -> dict[str, Any]:
 
 def _plot(conditions: dict[str, dict[str, Any]], out: Path, config: CircuitsConfig) -> dict[str, str]:
     """Heatmaps of each condition (one shared colour scale) and of ICL − base, FT − base."""
-    maps = {name: (np.asarray(c["importance"]["heads"]), np.asarray(c["importance"]["mlps"]))
-            for name, c in conditions.items()}
+    maps = {
+        name: (np.asarray(c["importance"]["heads"]), np.asarray(c["importance"]["mlps"]))
+        for name, c in conditions.items()
+    }
     head_max = max(float(h.max()) for h, _ in maps.values()) or 1.0
     mlp_max = max(float(m.max()) for _, m in maps.values()) or 1.0
     files: dict[str, str] = {}
@@ -368,8 +436,11 @@ def _plot(conditions: dict[str, dict[str, Any]], out: Path, config: CircuitsConf
         title = f"{config.task}: importance, {conditions[name]['label']}"
         plot_map(heads, mlps, out / file, title, head_max=head_max, mlp_max=mlp_max)
         files[file] = title
-    diffs = {name: (maps[name][0] - maps["base"][0], maps[name][1] - maps["base"][1])
-             for name in ("icl", "ft") if name in maps}
+    diffs = {
+        name: (maps[name][0] - maps["base"][0], maps[name][1] - maps["base"][1])
+        for name in ("icl", "ft")
+        if name in maps
+    }
     if diffs:
         head_span = max(float(np.abs(h).max()) for h, _ in diffs.values()) or 1.0
         mlp_span = max(float(np.abs(m).max()) for _, m in diffs.values()) or 1.0

@@ -35,9 +35,9 @@ The prefix path is used only where it is known to be exact: a decoder-only model
 sliding-window (``DynamicSlidingWindowLayer``) layers (Llama, SmolLM2, Gemma 3, ...),
 ``batch_size=1`` and greedy decoding. A sliding-window layer keeps the last ``window - 1``
 states, exactly what the next positions can see, so a prefix longer than the window also resumes
-exactly (checked on Gemma 3 270M, window 512, with a 1010-token prefix). Batched or "auto" batch sizes, sampling, beam search, static
-/ quantized / linear-attention caches, prompt-learning PEFT adapters and seq2seq models all take
-``HFLM``'s path unchanged.
+exactly (checked on Gemma 3 270M, window 512, with a 1010-token prefix). Batched or "auto" batch
+sizes, sampling, beam search, static / quantized / linear-attention caches, prompt-learning PEFT
+adapters and seq2seq models all take ``HFLM``'s path unchanged.
 
 Grouping rule (``plan_prefix_groups``): the token sequences are sorted, so sequences with a long
 common prefix are neighbours; walking them in order, a sequence joins the current group when its
@@ -85,7 +85,7 @@ from lm_eval.models.huggingface import HFLM
 from lm_eval.models.utils import normalize_gen_kwargs
 from tqdm import tqdm
 
-from .kvcache import cache_keyword, output_cache, resumable
+from iclvsft_tasks.backend.kvcache import cache_keyword, output_cache, resumable
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -98,10 +98,29 @@ DEFAULT_PREFIX_CACHE_MB = 512
 DEFAULT_MIN_PREFIX_TOKENS = 16
 DEFAULT_PREFIX_BATCH_SIZE = 8
 #: Generation kwargs under which a pre-filled cache is not known to be exact (or generate refuses one).
-_UNSAFE_GEN_KWARGS = ("cache_implementation", "past_key_values", "cache", "prompt_lookup_num_tokens",
-                      "assistant_model", "assistant_early_exit", "prefill_chunk_size")
-_STAT_KEYS = ("prompt_tokens", "prefix_tokens", "suffix_tokens", "plain_tokens", "generated_tokens",
-              "prefix_batches", "prefix_hits", "prefix_misses", "evictions", "uncached", "cache_bytes", "cache_bytes_peak")
+_UNSAFE_GEN_KWARGS = (
+    "cache_implementation",
+    "past_key_values",
+    "cache",
+    "prompt_lookup_num_tokens",
+    "assistant_model",
+    "assistant_early_exit",
+    "prefill_chunk_size",
+)
+_STAT_KEYS = (
+    "prompt_tokens",
+    "prefix_tokens",
+    "suffix_tokens",
+    "plain_tokens",
+    "generated_tokens",
+    "prefix_batches",
+    "prefix_hits",
+    "prefix_misses",
+    "evictions",
+    "uncached",
+    "cache_bytes",
+    "cache_bytes_peak",
+)
 
 
 def _parse_number(name: str, value: Any, *, integer: bool, minimum: float) -> float | int:
@@ -132,8 +151,9 @@ def _common_prefix_len(a: Sequence[int], b: Sequence[int], limit: int) -> int:
     return i
 
 
-def plan_prefix_groups(seqs: Sequence[Sequence[int]], caps: Sequence[int],
-                       min_prefix_tokens: int) -> list[tuple[int, list[int]]]:
+def plan_prefix_groups(
+    seqs: Sequence[Sequence[int]], caps: Sequence[int], min_prefix_tokens: int
+) -> list[tuple[int, list[int]]]:
     """Group sequences (by index) that share a prefix worth computing once.
 
     ``caps[i]`` is the longest prefix sequence ``i`` may take from a cache (the positions after it
@@ -168,9 +188,14 @@ def _cache_nbytes(cache: Any) -> int:
 class IclvsftHFLM(HFLM):
     """``HFLM`` that computes a prompt prefix shared by several requests once (see the module docstring)."""
 
-    def __init__(self, *args: Any, prefix_cache_mb: float | str = DEFAULT_PREFIX_CACHE_MB,
-                 min_prefix_tokens: int | str = DEFAULT_MIN_PREFIX_TOKENS,
-                 prefix_batch_size: int | str = DEFAULT_PREFIX_BATCH_SIZE, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        prefix_cache_mb: float | str = DEFAULT_PREFIX_CACHE_MB,
+        min_prefix_tokens: int | str = DEFAULT_MIN_PREFIX_TOKENS,
+        prefix_batch_size: int | str = DEFAULT_PREFIX_BATCH_SIZE,
+        **kwargs: Any,
+    ) -> None:
         # Parse before loading the model, so a typo costs no load time.
         cache_mb = _parse_number("prefix_cache_mb", prefix_cache_mb, integer=False, minimum=0)
         self.min_prefix_tokens = int(_parse_number("min_prefix_tokens", min_prefix_tokens, integer=True, minimum=1))
@@ -213,8 +238,11 @@ class IclvsftHFLM(HFLM):
             self._bypass -= 1
 
     def _autocast(self) -> torch.autocast:
-        return torch.autocast(device_type=self.device.type, dtype=self.mixed_precision_dtype,
-                              enabled=self.mixed_precision_dtype is not None)
+        return torch.autocast(
+            device_type=self.device.type,
+            dtype=self.mixed_precision_dtype,
+            enabled=self.mixed_precision_dtype is not None,
+        )
 
     def _usable(self) -> bool:
         """Whether the prefix path may run at all for this model and configuration."""
@@ -255,8 +283,10 @@ class IclvsftHFLM(HFLM):
 
     def _forward(self, ids: Sequence[int], cache: Any, keep: int) -> tuple[torch.Tensor, Any]:
         """Logits of the last ``keep`` positions of ``ids`` (run after ``cache`` if given) and the cache."""
-        kwargs: dict[str, Any] = {"input_ids": torch.tensor([list(ids)], dtype=torch.long, device=self.device),
-                                  "use_cache": True}
+        kwargs: dict[str, Any] = {
+            "input_ids": torch.tensor([list(ids)], dtype=torch.long, device=self.device),
+            "use_cache": True,
+        }
         if cache is not None:
             kwargs[self._cache_kw] = cache
         if self._keep_kw is not None:
@@ -328,8 +358,9 @@ class IclvsftHFLM(HFLM):
         groups = plan_prefix_groups(rows, [len(r) - 1 for r in rows], self.min_prefix_tokens)
 
         results: list[str | None] = [None] * len(requests)
-        pbar = tqdm(total=len(requests), disable=(disable_tqdm or (self.rank != 0)),
-                    desc="Running generate_until requests")
+        pbar = tqdm(
+            total=len(requests), disable=(disable_tqdm or (self.rank != 0)), desc="Running generate_until requests"
+        )
         grouped: set[int] = set()
         try:
             # One HFLM call per group keeps each prefix hot in the LRU while its group runs.
@@ -362,8 +393,9 @@ class IclvsftHFLM(HFLM):
             pbar.close()
         return results  # type: ignore[return-value]
 
-    def _model_generate(self, context: torch.Tensor, max_length: int, stop: list[str],
-                        **generation_kwargs: Any) -> torch.Tensor:
+    def _model_generate(
+        self, context: torch.Tensor, max_length: int, stop: list[str], **generation_kwargs: Any
+    ) -> torch.Tensor:
         cache = None
         rows, prompt_len = context.shape
         if self._gen_plan:
@@ -398,9 +430,12 @@ class IclvsftHFLM(HFLM):
         with self._hflm_only():  # rolling windows rarely share prefixes; keep HFLM's code path
             return super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
 
-    def _loglikelihood_tokens(self, requests: list[tuple[tuple[str, str], list[int], list[int]]],
-                              disable_tqdm: bool = False,
-                              override_bs: int | None = None) -> list[tuple[float, bool]]:
+    def _loglikelihood_tokens(
+        self,
+        requests: list[tuple[tuple[str, str], list[int], list[int]]],
+        disable_tqdm: bool = False,
+        override_bs: int | None = None,
+    ) -> list[tuple[float, bool]]:
         if not self._usable() or not requests:
             self._count_plain_loglikelihood(requests)
             return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
@@ -412,12 +447,15 @@ class IclvsftHFLM(HFLM):
             assert len(context_enc) > 0 and len(continuation_enc) > 0
             assert len(continuation_enc) <= self.max_length
             truncated += len(context_enc) + len(continuation_enc) > self.max_length + 1
-            inp = tuple((context_enc + continuation_enc)[-(self.max_length + 1):][:-1])
+            inp = tuple((context_enc + continuation_enc)[-(self.max_length + 1) :][:-1])
             inps.append(inp)
             needed[inp] = max(needed.get(inp, 0), len(continuation_enc))
         if truncated:
-            log.warning("%d loglikelihood requests exceed max_length=%d and were truncated from the left",
-                        truncated, self.max_length)
+            log.warning(
+                "%d loglikelihood requests exceed max_length=%d and were truncated from the left",
+                truncated,
+                self.max_length,
+            )
         distinct = list(needed)
         # A prefix may cover at most the positions before the first scored logit.
         groups = plan_prefix_groups(distinct, [len(s) - needed[s] for s in distinct], self.min_prefix_tokens)
@@ -426,8 +464,9 @@ class IclvsftHFLM(HFLM):
             by_inp.setdefault(inp, []).append(i)
 
         results: list[tuple[float, bool] | None] = [None] * len(requests)
-        pbar = tqdm(total=len(requests), disable=(disable_tqdm or (self.rank != 0)),
-                    desc="Running loglikelihood requests")
+        pbar = tqdm(
+            total=len(requests), disable=(disable_tqdm or (self.rank != 0)), desc="Running loglikelihood requests"
+        )
         try:
             for plen, members in groups:
                 prefix = self._prefix_cache(distinct[members[0]][:plen])
@@ -446,8 +485,9 @@ class IclvsftHFLM(HFLM):
             rest = [i for i in range(len(requests)) if results[i] is None]
             if rest:
                 self._count_plain_loglikelihood([requests[i] for i in rest])
-                outs = super()._loglikelihood_tokens([requests[i] for i in rest], disable_tqdm=True,
-                                                     override_bs=override_bs)
+                outs = super()._loglikelihood_tokens(
+                    [requests[i] for i in rest], disable_tqdm=True, override_bs=override_bs
+                )
                 for i, out in zip(rest, outs, strict=True):
                     results[i] = out
                 pbar.update(len(rest))
@@ -457,17 +497,18 @@ class IclvsftHFLM(HFLM):
 
     def _count_plain_loglikelihood(self, requests: Sequence[tuple[Any, list[int], list[int]]]) -> None:
         # HFLM runs one forward per distinct input when logits_cache is on (its one-token-continuation reuse).
-        inps = [tuple((ctx + cont)[-(self.max_length + 1):][:-1]) for _, ctx, cont in requests]
+        inps = [tuple((ctx + cont)[-(self.max_length + 1) :][:-1]) for _, ctx, cont in requests]
         computed = sum(len(s) for s in (set(inps) if self.logits_cache else inps))
         self.stats["prompt_tokens"] += computed
         self.stats["plain_tokens"] += computed
 
-    def _score(self, request: tuple[tuple[str, str], list[int], list[int]],
-               logprobs: torch.Tensor) -> tuple[float, bool]:
+    def _score(
+        self, request: tuple[tuple[str, str], list[int], list[int]], logprobs: torch.Tensor
+    ) -> tuple[float, bool]:
         """(sum of the continuation's log-probs, whether greedy decoding gives it), as HFLM computes them."""
         request_str, _, continuation_enc = request
         cont = torch.tensor(continuation_enc, dtype=torch.long, device=logprobs.device)
-        rows = logprobs[-len(continuation_enc):]
+        rows = logprobs[-len(continuation_enc) :]
         is_greedy = bool((rows.argmax(dim=-1) == cont).all())
         answer = (float(rows.gather(1, cont.unsqueeze(-1)).sum()), is_greedy)
         if request_str is not None:

@@ -5,17 +5,16 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from .errors import IclvsftError
-from .tasks.base import PatternTask
-from .tasks.boolean import BooleanPattern
-from .tasks.code import CodePattern
-from .tasks.expression import ExpressionPattern
-from .tasks.parity import ParityPattern
-from .tasks.relation import RelationPattern
+from iclvsft_tasks.errors import IclvsftError
+from iclvsft_tasks.tasks.base import PatternTask
+from iclvsft_tasks.tasks.boolean import BooleanPattern
+from iclvsft_tasks.tasks.code import CodePattern
+from iclvsft_tasks.tasks.expression import ExpressionPattern
+from iclvsft_tasks.tasks.parity import ParityPattern
+from iclvsft_tasks.tasks.relation import RelationPattern
 
 TASKS: dict[str, type[PatternTask]] = {
-    cls.name: cls
-    for cls in (ExpressionPattern, CodePattern, BooleanPattern, RelationPattern, ParityPattern)
+    cls.name: cls for cls in (ExpressionPattern, CodePattern, BooleanPattern, RelationPattern, ParityPattern)
 }
 
 

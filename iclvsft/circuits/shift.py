@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import IclvsftError
+from iclvsft_tasks.errors import IclvsftError
 
 MEASURES = ("l1", "jaccard")
 DEFAULT_TOP_FRACTION = 0.1
@@ -73,9 +73,15 @@ def _interval(values: np.ndarray, level: float) -> list[float]:
     return [float(np.quantile(values, tail)), float(np.quantile(values, 1 - tail))]
 
 
-def bootstrap_shift(scores: Mapping[str, np.ndarray], base: str = "base", compare: tuple[str, str] = ("icl", "ft"),
-                    top_fraction: float = DEFAULT_TOP_FRACTION, resamples: int = DEFAULT_BOOTSTRAP, seed: int = 0,
-                    level: float = DEFAULT_LEVEL) -> dict[str, Any]:
+def bootstrap_shift(
+    scores: Mapping[str, np.ndarray],
+    base: str = "base",
+    compare: tuple[str, str] = ("icl", "ft"),
+    top_fraction: float = DEFAULT_TOP_FRACTION,
+    resamples: int = DEFAULT_BOOTSTRAP,
+    seed: int = 0,
+    level: float = DEFAULT_LEVEL,
+) -> dict[str, Any]:
     """Shift of every condition from ``base`` with bootstrap CIs, and of ``compare[0] - compare[1]``.
 
     ``scores``: condition -> per-pair scores [pairs, ...] of one component type, the same pairs in
@@ -99,8 +105,15 @@ def bootstrap_shift(scores: Mapping[str, np.ndarray], base: str = "base", compar
 
     full = {c: maps(a, np.arange(n)[None, :]) for c, a in arrays.items()}
     boot = {c: maps(a, index) for c, a in arrays.items()}
-    out: dict[str, Any] = {"top_k": k, "components": width, "pairs": n, "resamples": int(index.shape[0]),
-                           "level": level, "conditions": {}, "difference": None}
+    out: dict[str, Any] = {
+        "top_k": k,
+        "components": width,
+        "pairs": n,
+        "resamples": int(index.shape[0]),
+        "level": level,
+        "conditions": {},
+        "difference": None,
+    }
     point, samples = {}, {}
     for c in arrays:
         if c == base:
@@ -113,8 +126,7 @@ def bootstrap_shift(scores: Mapping[str, np.ndarray], base: str = "base", compar
         out["difference"] = {}
         for m in MEASURES:
             ci = _interval(samples[first][m] - samples[second][m], level)
-            out["difference"][m] = {"value": point[first][m] - point[second][m], "ci": ci,
-                                    "verdict": verdict(ci)}
+            out["difference"][m] = {"value": point[first][m] - point[second][m], "ci": ci, "verdict": verdict(ci)}
     return out
 
 
@@ -138,7 +150,7 @@ def _ranks(values: np.ndarray) -> np.ndarray:
         j = i
         while j + 1 < len(values) and sorted_values[j + 1] == sorted_values[i]:
             j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
         i = j + 1
     return ranks
 

@@ -18,10 +18,10 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from .errors import IclvsftError
-from .registry import get_task
-from .seeding import rng_for
-from .tasks.base import PatternTask, TaskConfig, question_id
+from iclvsft_tasks.data.seeding import rng_for
+from iclvsft_tasks.errors import IclvsftError
+from iclvsft_tasks.tasks.base import PatternTask, TaskConfig, question_id
+from iclvsft_tasks.tasks.registry import get_task
 
 #: Generation order, which is also the order in which splits win duplicates.
 SPLITS: tuple[str, ...] = ("test", "test_broken", "validation", "train")
@@ -91,9 +91,10 @@ def _draw(
         if item_id in seen:
             rejects += 1
             if rejects >= _MAX_REJECTS_IN_A_ROW:
+                earlier = sum(spec.size(s) for s in SPLITS[: SPLITS.index(split)])
                 raise IclvsftError(
                     f"{spec.task}: only {len(items):,} distinct {split} items of the {size:,} requested "
-                    f"could be generated (seed {spec.seed}, after {sum(spec.size(s) for s in SPLITS[:SPLITS.index(split)]):,} "
+                    f"could be generated (seed {spec.seed}, after {earlier:,} "
                     "items in earlier splits); the question space is too small: ask for fewer items "
                     "or widen the task's generator settings"
                 )

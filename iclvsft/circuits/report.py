@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..atomic import atomic_write_text
+from iclvsft_tasks.atomic import atomic_write_text
 
 TYPES = (("heads", "attention heads"), ("mlps", "MLP layers"))
 MEASURE_NAMES = {"l1": "L1 distance", "jaccard": "1 − Jaccard of top-k"}
@@ -36,11 +36,16 @@ def verdict_lines(result: Mapping[str, Any]) -> list[str]:
         conds = block["conditions"]
         if diff is None:
             have = ", ".join(f"{c.upper()} shift {_ci(conds[c]['l1'])}" for c in ("icl", "ft") if c in conds)
-            lines.append(f"- **{name}**: not compared ({'; '.join(result.get('notes', [])) or 'a condition is missing'})"
-                         + (f"; {have}" if have else "") + ".")
+            lines.append(
+                f"- **{name}**: not compared ({'; '.join(result.get('notes', [])) or 'a condition is missing'})"
+                + (f"; {have}" if have else "")
+                + "."
+            )
             continue
-        lines.append(f"- **{name}**: {diff['verdict']} — L1 shift from the 0-shot base map: ICL {_ci(conds['icl']['l1'])}, "
-                     f"FT {_ci(conds['ft']['l1'])}; ICL − FT {_signed_ci(diff)}.")
+        lines.append(
+            f"- **{name}**: {diff['verdict']} — L1 shift from the 0-shot base map: ICL {_ci(conds['icl']['l1'])}, "
+            f"FT {_ci(conds['ft']['l1'])}; ICL − FT {_signed_ci(diff)}."
+        )
     return lines
 
 
@@ -52,14 +57,24 @@ def render_section(result: Mapping[str, Any], link_prefix: str = "", level: int 
     level_pct = round(100 * s["level"])
     lines = [f"{h} Verdict", ""]
     lines += verdict_lines(result)
-    lines += ["", (f"Each component's score on a pair is the change of M = logit[shortcut's first token] − "
-                   f"logit[corrupt gold's first token] when the corrupt run gets the clean activation "
-                   f"({result['method']} patching); a condition's map is the mean |score| over the "
-                   f"{len(result['pairs'])} pairs, normalized to sum 1 per component type. Shift = distance from "
-                   f"the base model's 0-shot map; {level_pct}% CIs from {s['bootstrap']} bootstrap resamples of the "
-                   f"pairs. ICL's shift exceeds FT's when the CI of their difference lies above 0."), ""]
-    lines += [f"{h} Shift", "", "| components | measure | top-k | ICL shift | FT shift | ICL − FT | verdict |",
-              "|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        (
+            f"Each component's score on a pair is the change of M = logit[shortcut's first token] − "
+            f"logit[corrupt gold's first token] when the corrupt run gets the clean activation "
+            f"({result['method']} patching); a condition's map is the mean |score| over the "
+            f"{len(result['pairs'])} pairs, normalized to sum 1 per component type. Shift = distance from "
+            f"the base model's 0-shot map; {level_pct}% CIs from {s['bootstrap']} bootstrap resamples of the "
+            f"pairs. ICL's shift exceeds FT's when the CI of their difference lies above 0."
+        ),
+        "",
+    ]
+    lines += [
+        f"{h} Shift",
+        "",
+        "| components | measure | top-k | ICL shift | FT shift | ICL − FT | verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for kind, name in TYPES:
         block = result["shift"][kind]
         for measure in ("l1", "jaccard"):
@@ -67,21 +82,36 @@ def render_section(result: Mapping[str, Any], link_prefix: str = "", level: int 
             ft = block["conditions"].get("ft", {}).get(measure)
             diff = (block.get("difference") or {}).get(measure)
             top = f"{block['top_k']} of {block['components']}" if measure == "jaccard" else "–"
-            lines.append(f"| {name} | {MEASURE_NAMES[measure]} | {top} | {_ci(icl)} | {_ci(ft)} | {_signed_ci(diff)} | "
-                         f"{diff['verdict'] if diff else '–'} |")
-    lines += ["", f"{h} Conditions", "", ("| condition | model | shots | mean M(clean) | mean M(corrupt) | "
-              "attribution vs activation (Spearman, heads / MLPs) | s per pair |"), "|---|---|---|---|---|---|---|"]
+            lines.append(
+                f"| {name} | {MEASURE_NAMES[measure]} | {top} | {_ci(icl)} | {_ci(ft)} | {_signed_ci(diff)} | "
+                f"{diff['verdict'] if diff else '–'} |"
+            )
+    lines += [
+        "",
+        f"{h} Conditions",
+        "",
+        (
+            "| condition | model | shots | mean M(clean) | mean M(corrupt) | "
+            "attribution vs activation (Spearman, heads / MLPs) | s per pair |"
+        ),
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, c in conds.items():
         check = c.get("check") or {}
         rho = check.get("spearman") or {}
-        agree = ("–" if not check.get("pairs") else
-                 f"{_num(rho.get('heads'))} / {_num(rho.get('mlps'))} on {check['pairs']} pairs")
+        agree = (
+            "–"
+            if not check.get("pairs")
+            else f"{_num(rho.get('heads'))} / {_num(rho.get('mlps'))} on {check['pairs']} pairs"
+        )
         timing = c["timing"]
         per_pair = f"{timing['attribution_s_per_pair']:.2f} (attribution)"
         if timing.get("activation_s_per_pair") is not None:
             per_pair += f", {timing['activation_s_per_pair']:.2f} (activation)"
-        lines.append(f"| {name} | {c['model']} | {c['shots']} | {_mean(c['metric_clean']):.3f} | "
-                     f"{_mean(c['metric_corrupt']):.3f} | {agree} | {per_pair} |")
+        lines.append(
+            f"| {name} | {c['model']} | {c['shots']} | {_mean(c['metric_clean']):.3f} | "
+            f"{_mean(c['metric_corrupt']):.3f} | {agree} | {per_pair} |"
+        )
     lines += ["", f"{h} Heatmaps", ""]
     for key, caption in result["files"]["heatmaps"].items():
         lines += [f"![{caption}]({link_prefix}{key})", ""]
@@ -100,12 +130,16 @@ def write_report(result: Mapping[str, Any], out: str | os.PathLike[str]) -> Path
     """``report.md`` of one analysis under ``out``."""
     s = result["settings"]
     ft = result.get("ft_checkpoint")
-    lines = [f"# Circuit shift: `{s['task']}` — {result['model']}", "",
-             f"- **ICL**: the base model at {s['shots']} shots (fixed demonstrations, draw {s['draw']})",
-             f"- **FT**: {ft['path'] + ' (' + ft['kind'] + ')' if ft else 'none given'}, at 0 shots",
-             f"- **pairs**: {len(result['pairs'])} (clean from test, corrupt from test_broken, seed {s['seed']})",
-             f"- **method**: {result['method']} patching; dtype {s['dtype']}; device {s['device']}",
-             f"- **wall time**: {result['timing']['wall_s']:.0f} s", ""]
+    lines = [
+        f"# Circuit shift: `{s['task']}` — {result['model']}",
+        "",
+        f"- **ICL**: the base model at {s['shots']} shots (fixed demonstrations, draw {s['draw']})",
+        f"- **FT**: {ft['path'] + ' (' + ft['kind'] + ')' if ft else 'none given'}, at 0 shots",
+        f"- **pairs**: {len(result['pairs'])} (clean from test, corrupt from test_broken, seed {s['seed']})",
+        f"- **method**: {result['method']} patching; dtype {s['dtype']}; device {s['device']}",
+        f"- **wall time**: {result['timing']['wall_s']:.0f} s",
+        "",
+    ]
     for note in result.get("notes", []):
         lines.append(f"Note: {note}.")
     if result.get("notes"):

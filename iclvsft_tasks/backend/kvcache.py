@@ -35,5 +35,8 @@ def resumable(cache: Any) -> bool:
     except ImportError:  # older transformers: a different cache API
         return False
     layers = getattr(cache, "layers", None)
-    return (type(cache) is DynamicCache and bool(layers)
-            and all(type(layer) in (DynamicLayer, DynamicSlidingWindowLayer) for layer in layers))
+    return (
+        type(cache) is DynamicCache
+        and bool(layers)
+        and all(type(layer) in (DynamicLayer, DynamicSlidingWindowLayer) for layer in layers)
+    )

@@ -11,13 +11,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .atomic import atomic_open, atomic_write_dir
-from .cliutil import OneLineParser, add_split_size_flags, positive_int, run_cli
-from .compare.config import BACKENDS
-from .demos import DEFAULT_DRAWS, DEMO_MODES
-from .errors import IclvsftError
-from .registry import TASKS, get_task, parse_task_list
-from .splits import (
+from iclvsft.compare.config import BACKENDS
+from iclvsft_tasks.atomic import atomic_open, atomic_write_dir
+from iclvsft_tasks.cliutil import OneLineParser, add_split_size_flags, positive_int, run_cli
+from iclvsft_tasks.data.splits import (
     DEFAULT_SIZES,
     SPLITS,
     SplitSpec,
@@ -25,6 +22,9 @@ from .splits import (
     draw_splits,
     fingerprint,
 )
+from iclvsft_tasks.demos import DEFAULT_DRAWS, DEMO_MODES
+from iclvsft_tasks.errors import IclvsftError
+from iclvsft_tasks.tasks.registry import TASKS, get_task, parse_task_list
 
 PROG = "iclvsft"
 
@@ -76,8 +76,11 @@ def cmd_export(args: argparse.Namespace) -> int:
             datasets.Dataset.from_list(list(items)).save_to_disk(str(directory))
 
         atomic_write_dir(out, fill)
-    print(f"wrote {len(items):,} {spec.task} {args.split} items (seed {spec.seed}, "
-          f"fingerprint {fingerprint(items)}) to {out}", file=sys.stderr)
+    print(
+        f"wrote {len(items):,} {spec.task} {args.split} items (seed {spec.seed}, "
+        f"fingerprint {fingerprint(items)}) to {out}",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -85,8 +88,10 @@ def cmd_fingerprint(args: argparse.Namespace) -> int:
     rows = []
     for task in parse_task_list(args.task):
         splits = build_splits(_spec(args, task))
-        rows += [{"task": task, "split": s, "seed": args.seed, "size": len(items), "fingerprint": fingerprint(items)}
-                 for s, items in splits.items()]
+        rows += [
+            {"task": task, "split": s, "seed": args.seed, "size": len(items), "fingerprint": fingerprint(items)}
+            for s, items in splits.items()
+        ]
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -96,7 +101,7 @@ def cmd_fingerprint(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from .models import list_models
+    from iclvsft.models import list_models
 
     rows = list_models()
     names = {r["alias"]: r["alias"] + "".join(f" = {a}" for a in r.get("aliases", ())) for r in rows}
@@ -114,23 +119,37 @@ def _parse_eval_args(text: str | None) -> dict[str, object] | None:
 
     try:
         return simple_parse_args_string(text)
-    except Exception:  # noqa: BLE001 - lm-eval's parser raises several kinds
+    except Exception:
         raise IclvsftError(f"--eval-args must look like key=value,key=value, got {text!r}") from None
 
 
 def cmd_compare(args: argparse.Namespace, extra: list[str]) -> int:
-    from .compare.config import load_experiment
-    from .compare.run import run_compare
+    from iclvsft.compare.config import load_experiment
+    from iclvsft.compare.run import run_compare
 
     overrides = {
-        "model": args.model, "tasks": args.tasks, "shots": args.shots, "ft_samples": args.ft_samples,
-        "recipe": args.recipe, "ft_mode": args.ft_mode, "train_shots": args.train_shots,
-        "test_size": args.test_size, "test_broken_size": args.test_broken_size,
-        "validation_size": args.validation_size, "train_size": args.train_size, "seed": args.seed,
-        "out": args.out, "dtype": args.dtype, "device": args.device, "batch_size": args.batch_size,
-        "eval_backend": args.eval_backend, "eval_args": _parse_eval_args(args.eval_args),
-        "demos": args.demos, "draws": args.draws,
-        "circuits": args.circuits, "circuit_items": args.circuit_items,
+        "model": args.model,
+        "tasks": args.tasks,
+        "shots": args.shots,
+        "ft_samples": args.ft_samples,
+        "recipe": args.recipe,
+        "ft_mode": args.ft_mode,
+        "train_shots": args.train_shots,
+        "test_size": args.test_size,
+        "test_broken_size": args.test_broken_size,
+        "validation_size": args.validation_size,
+        "train_size": args.train_size,
+        "seed": args.seed,
+        "out": args.out,
+        "dtype": args.dtype,
+        "device": args.device,
+        "batch_size": args.batch_size,
+        "eval_backend": args.eval_backend,
+        "eval_args": _parse_eval_args(args.eval_args),
+        "demos": args.demos,
+        "draws": args.draws,
+        "circuits": args.circuits,
+        "circuit_items": args.circuit_items,
         "train_args": extra or None,
     }
     if isinstance(overrides["tasks"], str):
@@ -139,8 +158,10 @@ def cmd_compare(args: argparse.Namespace, extra: list[str]) -> int:
     meta = run_compare(experiment, command=[PROG, *sys.argv[1:]])
     print(meta["summary"])
     out = Path(experiment.out)
-    print(f"\nreport: {out / 'report.md'}\nresults: {out / 'results.json'}  plots: {out / 'plots'}  "
-          f"({meta['wall_time_s']:.0f} s)")
+    print(
+        f"\nreport: {out / 'report.md'}\nresults: {out / 'results.json'}  plots: {out / 'plots'}  "
+        f"({meta['wall_time_s']:.0f} s)"
+    )
     return 0
 
 
@@ -155,19 +176,34 @@ def _fraction(text: str) -> float:
 
 
 def cmd_circuits(args: argparse.Namespace) -> int:
-    from .circuits import CircuitsConfig, run_circuits
-    from .circuits.report import verdict_lines
+    from iclvsft.circuits import CircuitsConfig, run_circuits
+    from iclvsft.circuits.report import verdict_lines
 
     config = CircuitsConfig(
-        model=args.model, task=args.task, shots=args.shots, ft_checkpoint=args.ft_checkpoint, items=args.items,
-        method=args.method, out=args.out, check_items=args.check_items, dtype=args.dtype, device=args.device,
-        seed=args.seed, sizes={s: getattr(args, f"{s}_size") for s in SPLITS}, draw=args.draw,
-        bootstrap=args.bootstrap, top_fraction=args.top_fraction, patch_batch=args.patch_batch)
+        model=args.model,
+        task=args.task,
+        shots=args.shots,
+        ft_checkpoint=args.ft_checkpoint,
+        items=args.items,
+        method=args.method,
+        out=args.out,
+        check_items=args.check_items,
+        dtype=args.dtype,
+        device=args.device,
+        seed=args.seed,
+        sizes={s: getattr(args, f"{s}_size") for s in SPLITS},
+        draw=args.draw,
+        bootstrap=args.bootstrap,
+        top_fraction=args.top_fraction,
+        patch_batch=args.patch_batch,
+    )
     result = run_circuits(config)
     out = Path(config.out)
     print("\n".join(verdict_lines(result)))
-    print(f"\nreport: {out / 'report.md'}\nscores: {out / 'circuits.json'}  heatmaps: {out}/*.png  "
-          f"({result['timing']['wall_s']:.0f} s)")
+    print(
+        f"\nreport: {out / 'report.md'}\nscores: {out / 'circuits.json'}  heatmaps: {out}/*.png  "
+        f"({result['timing']['wall_s']:.0f} s)"
+    )
     return 0
 
 
@@ -184,8 +220,12 @@ def build_parser() -> OneLineParser:
     export.add_argument("--split", default="test", choices=SPLITS)
     export.add_argument("--size", type=positive_int, help="items in the exported split (default: its default size)")
     export.add_argument("--out", required=True, help="output file (jsonl) or directory (hf)")
-    export.add_argument("--format", choices=("jsonl", "hf"), default="jsonl",
-                        help="jsonl: one item per line; hf: a datasets.save_to_disk directory")
+    export.add_argument(
+        "--format",
+        choices=("jsonl", "hf"),
+        default="jsonl",
+        help="jsonl: one item per line; hf: a datasets.save_to_disk directory",
+    )
     _add_split_options(export)
     export.set_defaults(run=cmd_export)
 
@@ -199,17 +239,24 @@ def build_parser() -> OneLineParser:
     models.set_defaults(run=cmd_models)
 
     cmp_ = sub.add_parser(
-        "compare", allow_abbrev=False, help="ICL by shots vs fine-tuning by samples, on the same held-out items",
+        "compare",
+        allow_abbrev=False,
+        help="ICL by shots vs fine-tuning by samples, on the same held-out items",
         description="Evaluate the base model at every k and fine-tuned checkpoints after every n samples "
-                    "on identical items; choose k and n on validation; write results, plots and a report. "
-                    "Flags it does not know go to iclvsft-train (and from there to trl sft / accelerate).")
+        "on identical items; choose k and n on validation; write results, plots and a report. "
+        "Flags it does not know go to iclvsft-train (and from there to trl sft / accelerate).",
+    )
     cmp_.add_argument("--config", help="experiment YAML, or a shipped one: demo")
-    cmp_.add_argument("--model", help="built-in alias (see `iclvsft models`), local directory or hub id (default: default)")
+    cmp_.add_argument(
+        "--model", help="built-in alias (see `iclvsft models`), local directory or hub id (default: default)"
+    )
     cmp_.add_argument("--tasks", help="comma-separated tasks (default: expression_pattern,parity_pattern)")
     cmp_.add_argument("--shots", help="ICL shot counts, e.g. 0,1,2,4,8,16")
     cmp_.add_argument("--ft-samples", help="fine-tuning milestones in samples seen, e.g. 100,400,1600")
     cmp_.add_argument("--recipe", help="iclvsft-train recipe: lora (default), full, paper")
-    cmp_.add_argument("--ft-mode", choices=("per-task", "mixture"), help="one fine-tune per task (default) or one on the mixture")
+    cmp_.add_argument(
+        "--ft-mode", choices=("per-task", "mixture"), help="one fine-tune per task (default) or one on the mixture"
+    )
     cmp_.add_argument("--train-shots", help="k-shot prompts mixed into fine-tuning data (default 0)")
     add_split_size_flags(cmp_, None, "default: the experiment's")
     cmp_.add_argument("--seed", type=int, help="data seed (default 0)")
@@ -217,43 +264,77 @@ def build_parser() -> OneLineParser:
     cmp_.add_argument("--dtype", choices=("float32", "bfloat16", "float16", "auto"))
     cmp_.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     cmp_.add_argument("--batch-size", type=positive_int)
-    cmp_.add_argument("--demos", choices=DEMO_MODES,
-                      help="fixed (default): one demonstration set per draw for every item, nested across k; "
-                           "per-item: lm-eval's sampling afresh for each item (the paper's protocol)")
+    cmp_.add_argument(
+        "--demos",
+        choices=DEMO_MODES,
+        help="fixed (default): one demonstration set per draw for every item, nested across k; "
+        "per-item: lm-eval's sampling afresh for each item (the paper's protocol)",
+    )
     cmp_.add_argument("--draws", type=positive_int, help=f"fixed demonstration sets per k (default {DEFAULT_DRAWS})")
-    cmp_.add_argument("--eval-backend", choices=BACKENDS,
-                      help="lm-eval model: iclvsft-hf (default: hf that computes a shared prompt prefix once), "
-                           "hf, or vllm (prefix caching on)")
-    cmp_.add_argument("--eval-args", help="extra model args for the backend, e.g. tensor_parallel_size=2,data_parallel_size=4")
-    cmp_.add_argument("--circuits", action="store_const", const=True, default=None,
-                      help="after the comparison, run the circuit-shift analysis at k* and n* (see `iclvsft circuits`)")
+    cmp_.add_argument(
+        "--eval-backend",
+        choices=BACKENDS,
+        help="lm-eval model: iclvsft-hf (default: hf that computes a shared prompt prefix once), "
+        "hf, or vllm (prefix caching on)",
+    )
+    cmp_.add_argument(
+        "--eval-args", help="extra model args for the backend, e.g. tensor_parallel_size=2,data_parallel_size=4"
+    )
+    cmp_.add_argument(
+        "--circuits",
+        action="store_const",
+        const=True,
+        default=None,
+        help="after the comparison, run the circuit-shift analysis at k* and n* (see `iclvsft circuits`)",
+    )
     cmp_.add_argument("--circuit-items", type=positive_int, help="pairs for --circuits (default 50)")
     cmp_.set_defaults(run=cmd_compare, takes_extra=True)
 
     circ = sub.add_parser(
-        "circuits", help="which heads and MLPs ICL and fine-tuning change (circuit shift)",
+        "circuits",
+        help="which heads and MLPs ICL and fine-tuning change (circuit shift)",
         description="Score every attention head and MLP by patching clean (pattern) into corrupt "
-                    "(pattern-broken) items, for the base model at 0 and k shots and a fine-tuned checkpoint at "
-                    "0 shots, and measure how far ICL and FT move the importance map from the base's.")
+        "(pattern-broken) items, for the base model at 0 and k shots and a fine-tuned checkpoint at "
+        "0 shots, and measure how far ICL and FT move the importance map from the base's.",
+    )
     circ.add_argument("--model", default="default", help="base model: built-in alias, local directory or hub id")
     circ.add_argument("--task", required=True, help="task name (see `iclvsft tasks`)")
     circ.add_argument("--shots", type=positive_int, default=8, help="demonstrations of the ICL condition (default 8)")
-    circ.add_argument("--ft-checkpoint", help="fine-tuned model directory or LoRA adapter directory "
-                                              "(e.g. an iclvsft-train milestone); without it FT is not analysed")
+    circ.add_argument(
+        "--ft-checkpoint",
+        help="fine-tuned model directory or LoRA adapter directory "
+        "(e.g. an iclvsft-train milestone); without it FT is not analysed",
+    )
     circ.add_argument("--items", type=positive_int, default=50, help="clean/corrupt pairs (default 50)")
-    circ.add_argument("--method", choices=("attribution", "activation"), default="attribution",
-                      help="attribution patching (default: one backward pass per pair) or exact activation "
-                           "patching (one forward pass per component; slower)")
-    circ.add_argument("--check-items", type=positive_int, default=3,
-                      help="pairs also scored by the other method, for their Spearman correlation (default 3)")
+    circ.add_argument(
+        "--method",
+        choices=("attribution", "activation"),
+        default="attribution",
+        help="attribution patching (default: one backward pass per pair) or exact activation "
+        "patching (one forward pass per component; slower)",
+    )
+    circ.add_argument(
+        "--check-items",
+        type=positive_int,
+        default=3,
+        help="pairs also scored by the other method, for their Spearman correlation (default 3)",
+    )
     circ.add_argument("--out", default="runs/circuits", help="output folder (default runs/circuits)")
     circ.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     circ.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     circ.add_argument("--draw", type=positive_int, default=1, help="fixed demonstration set (default 1)")
-    circ.add_argument("--bootstrap", type=positive_int, default=1000, help="bootstrap resamples of the pairs (default 1000)")
-    circ.add_argument("--top-fraction", type=_fraction, default=0.1,
-                      help="share of components in the top-k sets the Jaccard overlap compares (default 0.1, at least 1)")
-    circ.add_argument("--patch-batch", type=positive_int, default=8, help="components per forward pass in activation patching")
+    circ.add_argument(
+        "--bootstrap", type=positive_int, default=1000, help="bootstrap resamples of the pairs (default 1000)"
+    )
+    circ.add_argument(
+        "--top-fraction",
+        type=_fraction,
+        default=0.1,
+        help="share of components in the top-k sets the Jaccard overlap compares (default 0.1, at least 1)",
+    )
+    circ.add_argument(
+        "--patch-batch", type=positive_int, default=8, help="components per forward pass in activation patching"
+    )
     _add_split_options(circ)
     circ.set_defaults(run=cmd_circuits)
     return parser

@@ -8,11 +8,11 @@ from typing import Any
 
 import yaml
 
-from ..cliutil import parse_int_list
-from ..demos import DEFAULT_DRAWS, DEMO_MODES
-from ..errors import IclvsftError
-from ..registry import parse_task_list
-from ..splits import MAX_SPLIT_SIZE
+from iclvsft_tasks.cliutil import parse_int_list
+from iclvsft_tasks.data.splits import MAX_SPLIT_SIZE
+from iclvsft_tasks.demos import DEFAULT_DRAWS, DEMO_MODES
+from iclvsft_tasks.errors import IclvsftError
+from iclvsft_tasks.tasks.registry import parse_task_list
 
 #: Shipped experiments (``--config demo`` works as well as a path).
 EXPERIMENTS_DIR = Path(__file__).resolve().parent / "experiments"
@@ -31,25 +31,25 @@ class Experiment:
     shots: list[int] = dataclasses.field(default_factory=lambda: [0, 1, 2, 4, 8, 16])
     ft_samples: list[int] = dataclasses.field(default_factory=lambda: [100, 400, 1600])
     recipe: str = "lora"
-    ft_mode: str = "per-task"          # one fine-tune per task, or one on the mixture of all tasks
+    ft_mode: str = "per-task"  # one fine-tune per task, or one on the mixture of all tasks
     train_shots: list[int] = dataclasses.field(default_factory=lambda: [0])
     test_size: int = 200
     test_broken_size: int | None = None  # default: test_size
     validation_size: int = 100
     train_size: int = 20_000
     seed: int = 0
-    fewshot_seed: int = 1234           # lm-eval's few-shot sampler seed (its --seed default), per-item demos
-    demos: str = "fixed"               # fixed: one demonstration set per draw for every item; per-item: lm-eval's
-    draws: int | None = None           # fixed demonstration sets per k (default 3); per-item has one
+    fewshot_seed: int = 1234  # lm-eval's few-shot sampler seed (its --seed default), per-item demos
+    demos: str = "fixed"  # fixed: one demonstration set per draw for every item; per-item: lm-eval's
+    draws: int | None = None  # fixed demonstration sets per k (default 3); per-item has one
     out: str = "runs/compare"
     dtype: str = "float32"
-    device: str | None = None          # None: cuda when available, else cpu
-    batch_size: int = 1                # one CPU thread gains nothing from batching, and pads
+    device: str | None = None  # None: cuda when available, else cpu
+    batch_size: int = 1  # one CPU thread gains nothing from batching, and pads
     eval_backend: str = "iclvsft-hf"
     eval_args: dict[str, Any] = dataclasses.field(default_factory=dict)  # extra model args, e.g. tensor_parallel_size
-    train_args: list[str] = dataclasses.field(default_factory=list)     # extra iclvsft-train / trl sft / accelerate flags
-    circuits: bool = False             # after the comparison, the circuit-shift analysis at k* and n* (iclvsft circuits)
-    circuit_items: int = 50            # its clean/corrupt pairs per task
+    train_args: list[str] = dataclasses.field(default_factory=list)  # extra iclvsft-train / trl sft / accelerate flags
+    circuits: bool = False  # after the comparison, the circuit-shift analysis at k* and n* (iclvsft circuits)
+    circuit_items: int = 50  # its clean/corrupt pairs per task
 
     def __post_init__(self) -> None:
         self.tasks = parse_task_list(",".join(self.tasks) if isinstance(self.tasks, list) else str(self.tasks))
@@ -58,8 +58,15 @@ class Experiment:
         self.train_shots = _int_list("train_shots", self.train_shots, minimum=0)
         if self.test_broken_size is None:
             self.test_broken_size = self.test_size
-        for name in ("test_size", "test_broken_size", "validation_size", "train_size", "seed", "fewshot_seed",
-                     "batch_size"):
+        for name in (
+            "test_size",
+            "test_broken_size",
+            "validation_size",
+            "train_size",
+            "seed",
+            "fewshot_seed",
+            "batch_size",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise IclvsftError(f"{name} must be an integer, got {value!r}")
@@ -73,8 +80,10 @@ class Experiment:
         if isinstance(self.draws, bool) or not isinstance(self.draws, int) or self.draws < 1:
             raise IclvsftError(f"draws must be an integer >= 1, got {self.draws!r}")
         if self.demos == "per-item" and self.draws != 1:
-            raise IclvsftError("draws apply to fixed demonstrations (demos: fixed); per-item demonstrations "
-                               "are drawn afresh for every item")
+            raise IclvsftError(
+                "draws apply to fixed demonstrations (demos: fixed); per-item demonstrations "
+                "are drawn afresh for every item"
+            )
         if self.batch_size < 1:
             raise IclvsftError(f"batch_size must be at least 1, got {self.batch_size}")
         if self.eval_backend not in BACKENDS:
@@ -92,11 +101,15 @@ class Experiment:
             raise IclvsftError(f"circuit_items must be an integer >= 1, got {self.circuit_items!r}")
         # Demonstrations come from train; fine-tuning samples too (per task, or split over the mixture).
         if max(self.shots) > self.train_size:
-            raise IclvsftError(f"{max(self.shots)} shots need at least that many train items; train_size is {self.train_size}")
+            raise IclvsftError(
+                f"{max(self.shots)} shots need at least that many train items; train_size is {self.train_size}"
+            )
         per_task = max(self.ft_samples, default=0) / (len(self.tasks) if self.ft_mode == "mixture" else 1)
         if per_task > self.train_size:
-            raise IclvsftError(f"{max(self.ft_samples)} fine-tuning samples exceed the train split "
-                               f"({self.train_size} items per task); raise train_size or lower ft_samples")
+            raise IclvsftError(
+                f"{max(self.ft_samples)} fine-tuning samples exceed the train split "
+                f"({self.train_size} items per task); raise train_size or lower ft_samples"
+            )
 
     def draws_for(self, shots: int) -> list[int]:
         """The draws an ICL setting is evaluated with: 1..R for fixed sets, else 0 (none to draw)."""
@@ -104,8 +117,12 @@ class Experiment:
 
     @property
     def sizes(self) -> dict[str, int]:
-        return {"test": self.test_size, "test_broken": self.test_broken_size,
-                "validation": self.validation_size, "train": self.train_size}
+        return {
+            "test": self.test_size,
+            "test_broken": self.test_broken_size,
+            "validation": self.validation_size,
+            "train": self.train_size,
+        }
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

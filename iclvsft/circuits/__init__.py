@@ -3,7 +3,7 @@
 The paper explains ICL's advantage by a "circuit shift": demonstrations change the computation in
 attention heads and MLP layers more than fine-tuning does. This package measures it::
 
-    from iclvsft_tasks.circuits import CircuitsConfig, run_circuits
+    from iclvsft.circuits import CircuitsConfig, run_circuits
     result = run_circuits(CircuitsConfig(model="default", task="expression_pattern", shots=8,
                                          ft_checkpoint="runs/compare/ft/.../milestones/samples-400"))
     result["verdict"]      # {"heads": "ICL's shift exceeds FT's", "mlps": ...}
@@ -14,8 +14,8 @@ and activation patching), ``shift`` (importance maps, distances, bootstrap, Spea
 modules; no TransformerLens.
 """
 
-from .pairs import Pair, answer_tokens, build_pair, make_pairs
-from .patching import (
+from iclvsft.circuits.pairs import Pair, answer_tokens, build_pair, make_pairs
+from iclvsft.circuits.patching import (
     Components,
     Scores,
     activation_scores,
@@ -23,7 +23,7 @@ from .patching import (
     components,
     metric,
 )
-from .run import (
+from iclvsft.circuits.run import (
     CircuitsConfig,
     check_architecture,
     checkpoint_kind,
@@ -31,7 +31,7 @@ from .run import (
     run_circuits,
     score_condition,
 )
-from .shift import bootstrap_shift, importance_map, shift, spearman, top_k
+from iclvsft.circuits.shift import bootstrap_shift, importance_map, shift, spearman, top_k
 
 __all__ = [
     "CircuitsConfig",

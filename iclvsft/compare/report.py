@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..atomic import atomic_write_text, save_figure
-from .stats import McNemarResult, paired_sign_flip, wilson_interval
+from iclvsft.compare.stats import McNemarResult, paired_sign_flip, wilson_interval
+from iclvsft_tasks.atomic import atomic_write_text, save_figure
 
 Record = dict[str, Any]
 
@@ -39,9 +39,27 @@ EVAL_SPLITS = ("test", "test_broken")
 #: Significance level of the verdict.
 ALPHA = 0.05
 #: Columns of results.csv, in order; unknown record keys follow, sorted.
-CSV_COLUMNS = ("key", "model", "task", "condition", "split", "shots", "ft_samples", "draw", "seed", "n",
-               "correct", "accuracy", "ci_low", "ci_high", "fingerprint", "prompt_tokens", "train_tokens",
-               "wall_time_s", "predictions")
+CSV_COLUMNS = (
+    "key",
+    "model",
+    "task",
+    "condition",
+    "split",
+    "shots",
+    "ft_samples",
+    "draw",
+    "seed",
+    "n",
+    "correct",
+    "accuracy",
+    "ci_low",
+    "ci_high",
+    "fingerprint",
+    "prompt_tokens",
+    "train_tokens",
+    "wall_time_s",
+    "predictions",
+)
 CONDITION_NAMES = {"icl": "ICL", "ft": "FT"}
 
 
@@ -54,9 +72,17 @@ def _split_rank(split: str) -> tuple[int, str]:
 
 def _sort_key(rec: Mapping[str, Any]) -> tuple:
     # key and seed last so that the order is total even for duplicate configurations.
-    return (str(rec.get("model", "")), str(rec.get("task", "")), str(rec.get("condition", "")),
-            _split_rank(str(rec.get("split", ""))), int(rec.get("shots", 0)), int(rec.get("ft_samples", 0)),
-            int(rec.get("draw", 0)), int(rec.get("seed", 0)), str(rec.get("key", "")))
+    return (
+        str(rec.get("model", "")),
+        str(rec.get("task", "")),
+        str(rec.get("condition", "")),
+        _split_rank(str(rec.get("split", ""))),
+        int(rec.get("shots", 0)),
+        int(rec.get("ft_samples", 0)),
+        int(rec.get("draw", 0)),
+        int(rec.get("seed", 0)),
+        str(rec.get("key", "")),
+    )
 
 
 def sort_records(records: Iterable[Mapping[str, Any]]) -> list[Record]:
@@ -89,20 +115,22 @@ def aggregate_draws(records: Iterable[Mapping[str, Any]]) -> list[Record]:
         accuracies = [float(c["accuracy"]) for c in cells]
         bounds = [_ci(c) for c in cells]
         agg = dict(cells[0])
-        agg.update({
-            "key": "+".join(str(c.get("key", "")) for c in cells),
-            "draw": 0,
-            "draws": [int(c.get("draw", 0)) for c in cells],
-            "accuracy": statistics.fmean(accuracies),
-            "correct": statistics.fmean(float(c["correct"]) for c in cells),
-            "ci_low": statistics.fmean(lo for lo, _ in bounds),
-            "ci_high": statistics.fmean(hi for _, hi in bounds),
-            "draw_accuracies": accuracies,
-            "draw_min": min(accuracies),
-            "draw_max": max(accuracies),
-            "draw_sd": statistics.stdev(accuracies),
-            "predictions": [c.get("predictions") for c in cells],
-        })
+        agg.update(
+            {
+                "key": "+".join(str(c.get("key", "")) for c in cells),
+                "draw": 0,
+                "draws": [int(c.get("draw", 0)) for c in cells],
+                "accuracy": statistics.fmean(accuracies),
+                "correct": statistics.fmean(float(c["correct"]) for c in cells),
+                "ci_low": statistics.fmean(lo for lo, _ in bounds),
+                "ci_high": statistics.fmean(hi for _, hi in bounds),
+                "draw_accuracies": accuracies,
+                "draw_min": min(accuracies),
+                "draw_max": max(accuracies),
+                "draw_sd": statistics.stdev(accuracies),
+                "predictions": [c.get("predictions") for c in cells],
+            }
+        )
         for field in ("prompt_tokens", "wall_time_s"):
             if all(c.get(field) is not None for c in cells):
                 agg[field] = round(statistics.fmean(float(c[field]) for c in cells), 3)
@@ -123,12 +151,26 @@ def select_best(records: Iterable[Mapping[str, Any]], condition: str, task: str,
     Ties go to fewer shots / fewer fine-tuning samples (the cheaper configuration), then to the
     lower draw. Test cells are never looked at.
     """
-    candidates = [r for r in aggregate_draws(records) if r.get("condition") == condition and r.get("task") == task
-                  and r.get("model") == model and r.get("split") == "validation"]
+    candidates = [
+        r
+        for r in aggregate_draws(records)
+        if r.get("condition") == condition
+        and r.get("task") == task
+        and r.get("model") == model
+        and r.get("split") == "validation"
+    ]
     if not candidates:
         return None
-    best = min(candidates, key=lambda r: (-float(r["accuracy"]), int(r.get("shots", 0)),
-                                          int(r.get("ft_samples", 0)), int(r.get("draw", 0)), _sort_key(r)))
+    best = min(
+        candidates,
+        key=lambda r: (
+            -float(r["accuracy"]),
+            int(r.get("shots", 0)),
+            int(r.get("ft_samples", 0)),
+            int(r.get("draw", 0)),
+            _sort_key(r),
+        ),
+    )
     return dict(best)
 
 
@@ -200,9 +242,16 @@ def _curve(records: Iterable[Mapping[str, Any]], condition: str, task: str, mode
         cis = [_ci(c) for c in cells]
         lows = [c["draw_min"] for c in cells if c.get("draw_min") is not None]
         highs = [c["draw_max"] for c in cells if c.get("draw_max") is not None]
-        points.append(_Point(x, sum(float(c["accuracy"]) for c in cells) / len(cells),
-                             min(lo for lo, _ in cis), max(hi for _, hi in cis),
-                             min(lows) if lows else None, max(highs) if highs else None))
+        points.append(
+            _Point(
+                x,
+                sum(float(c["accuracy"]) for c in cells) / len(cells),
+                min(lo for lo, _ in cis),
+                max(hi for _, hi in cis),
+                min(lows) if lows else None,
+                max(highs) if highs else None,
+            )
+        )
     return points
 
 
@@ -215,8 +264,7 @@ _SPLIT_STYLE = {  # split: (label, linestyle, colour, alpha)
 }
 
 
-def plot_task(records: Iterable[Mapping[str, Any]], task: str, model: str,
-              path: str | os.PathLike[str]) -> Path:
+def plot_task(records: Iterable[Mapping[str, Any]], task: str, model: str, path: str | os.PathLike[str]) -> Path:
     """One PNG: accuracy vs shots (ICL, left) and vs fine-tuning samples (FT, right), one y-axis."""
     # The object API with no pyplot: no global backend switch, no figure registry to leak.
     from matplotlib.figure import Figure
@@ -235,25 +283,55 @@ def plot_task(records: Iterable[Mapping[str, Any]], task: str, model: str,
             label, style, colour, alpha = _SPLIT_STYLE[split]
             x = [p.x for p in pts]
             xs.update(x)
-            ax.fill_between(x, [p.low for p in pts], [p.high for p in pts], color=colour, alpha=0.12 * alpha,
-                            linewidth=0)
-            ax.plot(x, [p.accuracy for p in pts], linestyle=style, color=colour, alpha=alpha, marker="o",
-                    markersize=4, label=label)
+            ax.fill_between(
+                x, [p.low for p in pts], [p.high for p in pts], color=colour, alpha=0.12 * alpha, linewidth=0
+            )
+            ax.plot(
+                x,
+                [p.accuracy for p in pts],
+                linestyle=style,
+                color=colour,
+                alpha=alpha,
+                marker="o",
+                markersize=4,
+                label=label,
+            )
             spread = [p for p in pts if p.draw_min is not None]
             if spread:  # the range over demonstration draws, next to the item CI band
-                ax.errorbar([p.x for p in spread], [p.accuracy for p in spread],
-                            yerr=[[p.accuracy - p.draw_min for p in spread], [p.draw_max - p.accuracy for p in spread]],
-                            fmt="none", ecolor=colour, alpha=0.7 * alpha, capsize=3, linewidth=1)
+                ax.errorbar(
+                    [p.x for p in spread],
+                    [p.accuracy for p in spread],
+                    yerr=[[p.accuracy - p.draw_min for p in spread], [p.draw_max - p.accuracy for p in spread]],
+                    fmt="none",
+                    ecolor=colour,
+                    alpha=0.7 * alpha,
+                    capsize=3,
+                    linewidth=1,
+                )
         best = chosen[condition]
         if best is not None:
             symbol = "k" if condition == "icl" else "n"
-            ax.axvline(_setting(best), color="black", linestyle="-.", linewidth=1, alpha=0.6,
-                       label=f"{symbol}*={_setting(best)} (chosen on validation)")
+            ax.axvline(
+                _setting(best),
+                color="black",
+                linestyle="-.",
+                linewidth=1,
+                alpha=0.6,
+                label=f"{symbol}*={_setting(best)} (chosen on validation)",
+            )
             for split in EVAL_SPLITS:
                 cell = find_cell(records, best, split)
                 if cell is not None:
-                    ax.plot([_setting(best)], [float(cell["accuracy"])], marker="*", markersize=13,
-                            color=_SPLIT_STYLE[split][2], markeredgecolor="black", linestyle="none", zorder=5)
+                    ax.plot(
+                        [_setting(best)],
+                        [float(cell["accuracy"])],
+                        marker="*",
+                        markersize=13,
+                        color=_SPLIT_STYLE[split][2],
+                        markeredgecolor="black",
+                        linestyle="none",
+                        zorder=5,
+                    )
         if xs:
             if condition == "icl" or min(xs) <= 0:
                 # Symlog, base 2, linear below 1: k=0 fits, and 0,1,2,4,8... sit evenly spaced.
@@ -267,14 +345,24 @@ def plot_task(records: Iterable[Mapping[str, Any]], task: str, model: str,
             ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:,.0f}"))
             ax.xaxis.set_minor_locator(NullLocator())
         else:
-            ax.text(0.5, 0.5, f"no {CONDITION_NAMES[condition]} results", transform=ax.transAxes,
-                    ha="center", va="center", color="0.4")
+            ax.text(
+                0.5,
+                0.5,
+                f"no {CONDITION_NAMES[condition]} results",
+                transform=ax.transAxes,
+                ha="center",
+                va="center",
+                color="0.4",
+            )
             ax.set_xticks([])
         ax.grid(True, alpha=0.3)
     ax_icl.set_xlabel("demonstrations k (in-context learning)")
     ax_ft.set_xlabel("training samples n (fine-tuning, log scale)")
-    ax_icl.set_ylabel("exact-match accuracy (95% Wilson CI;\nbars: range over demonstration draws)"
-                      if any(r.get("draws") for r in aggregate_draws(records)) else "exact-match accuracy (95% Wilson CI)")
+    ax_icl.set_ylabel(
+        "exact-match accuracy (95% Wilson CI;\nbars: range over demonstration draws)"
+        if any(r.get("draws") for r in aggregate_draws(records))
+        else "exact-match accuracy (95% Wilson CI)"
+    )
     ax_icl.set_ylim(0, 1)
     ax_icl.set_title("ICL")
     ax_ft.set_title("FT")
@@ -285,8 +373,14 @@ def plot_task(records: Iterable[Mapping[str, Any]], task: str, model: str,
         for handle, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, handle)
     if handles:
-        fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=min(len(handles), 5),
-                   fontsize=8, frameon=False)
+        fig.legend(
+            list(handles.values()),
+            list(handles),
+            loc="outside lower center",
+            ncols=min(len(handles), 5),
+            fontsize=8,
+            frameon=False,
+        )
     return save_figure(fig, path, dpi=110)
 
 
@@ -300,13 +394,13 @@ class Comparison:
     task: str
     model: str
     split: str
-    icl: Record | None          # the split's cell at k* (None: no ICL choice or no such cell)
+    icl: Record | None  # the split's cell at k* (None: no ICL choice or no such cell)
     ft: Record | None
-    icl_choice: Record | None   # the validation cells that fixed k* and n*
+    icl_choice: Record | None  # the validation cells that fixed k* and n*
     ft_choice: Record | None
     mcnemar: McNemarResult | None  # A = ICL, B = FT: b01 = ICL right and FT wrong
     verdict: str
-    note: str = ""              # why a comparison or test is missing, or a pairing caveat
+    note: str = ""  # why a comparison or test is missing, or a pairing caveat
 
     @property
     def winner(self) -> str | None:
@@ -338,8 +432,9 @@ def _predictions_path(rec: Mapping[str, Any], base_dir: Path) -> Path | None:
     return path if path.is_absolute() else base_dir / path
 
 
-def paired_test(icl_cell: Mapping[str, Any], ft_cell: Mapping[str, Any],
-                base_dir: str | os.PathLike[str]) -> tuple[McNemarResult | None, str]:
+def paired_test(
+    icl_cell: Mapping[str, Any], ft_cell: Mapping[str, Any], base_dir: str | os.PathLike[str]
+) -> tuple[McNemarResult | None, str]:
     """Paired test on the two cells' prediction files, paired by item id; (None, reason) when impossible.
 
     One file per cell: the exact McNemar test. A cell aggregated over R draws scores each item by
@@ -375,7 +470,7 @@ def paired_test(icl_cell: Mapping[str, Any], ft_cell: Mapping[str, Any],
     note = ""
     if len(shared) != len(icl_out) or len(shared) != len(ft_out):
         # Should not happen (same split, same fingerprint); say so rather than test silently.
-        note = (f"paired on the {len(shared)} shared items (ICL {len(icl_out)}, FT {len(ft_out)} items)")
+        note = f"paired on the {len(shared)} shared items (ICL {len(icl_out)}, FT {len(ft_out)} items)"
     resolution = math.lcm(*repeats)
     return paired_sign_flip([icl_out[i] for i in shared], [ft_out[i] for i in shared], resolution), note
 
@@ -385,8 +480,9 @@ def format_p(p: float) -> str:
     return f"{p:.4f}" if p >= 1e-4 else f"{p:.1e}"
 
 
-def compare(records: Iterable[Mapping[str, Any]], task: str, model: str, split: str,
-            base_dir: str | os.PathLike[str]) -> Comparison:
+def compare(
+    records: Iterable[Mapping[str, Any]], task: str, model: str, split: str, base_dir: str | os.PathLike[str]
+) -> Comparison:
     """ICL at the validation-chosen k* against FT at the validation-chosen n* on ``split``.
 
     Prediction paths in the records are resolved against ``base_dir`` (the run's output folder).
@@ -424,8 +520,7 @@ def compare(records: Iterable[Mapping[str, Any]], task: str, model: str, split: 
 
 
 def _has_condition(records: Sequence[Mapping[str, Any]], condition: str, task: str, model: str) -> bool:
-    return any(r.get("condition") == condition and r.get("task") == task and r.get("model") == model
-               for r in records)
+    return any(r.get("condition") == condition and r.get("task") == task and r.get("model") == model for r in records)
 
 
 # --------------------------------------------------------------------------- report
@@ -436,8 +531,10 @@ def _acc_ci(rec: Mapping[str, Any] | None) -> str:
         return "–"
     lo, hi = _ci(rec)
     if rec.get("draws"):
-        return (f"{float(rec['accuracy']):.3f} [{lo:.3f}, {hi:.3f}] (mean of {len(rec['draws'])} draws, "
-                f"range {float(rec['draw_min']):.3f}–{float(rec['draw_max']):.3f}, n={int(rec['n'])})")
+        return (
+            f"{float(rec['accuracy']):.3f} [{lo:.3f}, {hi:.3f}] (mean of {len(rec['draws'])} draws, "
+            f"range {float(rec['draw_min']):.3f}–{float(rec['draw_max']):.3f}, n={int(rec['n'])})"
+        )
     return f"{float(rec['accuracy']):.3f} [{lo:.3f}, {hi:.3f}] ({int(rec['correct'])}/{int(rec['n'])})"
 
 
@@ -459,9 +556,16 @@ def _meta_value(value: Any) -> str:
     return str(value)
 
 
-_META_LABELS = (("model", "model"), ("tasks", "tasks"), ("seed", "data seed"), ("split_sizes", "split sizes"),
-                ("machine", "machine"), ("date", "date"), ("command", "command line"),
-                ("wall_time_s", "wall time (s)"))
+_META_LABELS = (
+    ("model", "model"),
+    ("tasks", "tasks"),
+    ("seed", "data seed"),
+    ("split_sizes", "split sizes"),
+    ("machine", "machine"),
+    ("date", "date"),
+    ("command", "command line"),
+    ("wall_time_s", "wall time (s)"),
+)
 
 
 def _render_meta(meta: Mapping[str, Any]) -> list[str]:
@@ -511,8 +615,13 @@ def _ordered(values: Iterable[str], preferred: Sequence[str] = ()) -> list[str]:
     return [v for v in preferred if v in values] + sorted(values - set(preferred))
 
 
-def write_report(records: Iterable[Mapping[str, Any]], out_dir: str | os.PathLike[str], meta: Mapping[str, Any],
-                 base_dir: str | os.PathLike[str] | None = None, plots: bool = True) -> Path:
+def write_report(
+    records: Iterable[Mapping[str, Any]],
+    out_dir: str | os.PathLike[str],
+    meta: Mapping[str, Any],
+    base_dir: str | os.PathLike[str] | None = None,
+    plots: bool = True,
+) -> Path:
     """Write the plots (``plots/*.png``) and ``report.md`` under ``out_dir``; return the report path.
 
     Prediction paths in the records are relative to ``base_dir`` (default ``out_dir``). With
@@ -533,26 +642,40 @@ def write_report(records: Iterable[Mapping[str, Any]], out_dir: str | os.PathLik
 
     lines = [f"# ICL vs fine-tuning: {', '.join(models) or 'no results'}", ""]
     lines += _render_meta(meta)
-    lines += ["", ("k (shots) and n (fine-tuning samples) were chosen on the **validation** split, never on test: "
-              "each condition's best validation cell (ties: the cheaper setting) fixes k* and n*, and only those "
-              "two cells are compared on `test` (items where the shortcut works) and `test_broken` (items where it "
-              "fails). Accuracies are exact match with 95% Wilson intervals; the p-value is an exact two-sided "
-              "McNemar test on the same items, paired by id (with several demonstration draws: the mean over "
-              "draws, the mean of the draws' Wilson bounds, the draws' range, and McNemar's generalization to "
-              "per-item mean correctness, an exact paired sign-flip test); a side wins when it is ahead with "
-              f"p < {ALPHA}."), ""]
+    lines += [
+        "",
+        (
+            "k (shots) and n (fine-tuning samples) were chosen on the **validation** split, never on test: "
+            "each condition's best validation cell (ties: the cheaper setting) fixes k* and n*, and only those "
+            "two cells are compared on `test` (items where the shortcut works) and `test_broken` (items where it "
+            "fails). Accuracies are exact match with 95% Wilson intervals; the p-value is an exact two-sided "
+            "McNemar test on the same items, paired by id (with several demonstration draws: the mean over "
+            "draws, the mean of the draws' Wilson bounds, the draws' range, and McNemar's generalization to "
+            "per-item mean correctness, an exact paired sign-flip test); a side wins when it is ahead with "
+            f"p < {ALPHA}."
+        ),
+        "",
+    ]
 
     comparisons = {(m, t, s): compare(records, t, m, s, base) for m in models for t in tasks for s in EVAL_SPLITS}
 
-    lines += ["## Verdicts", "", ("| model | task | split | ICL k* | ICL accuracy | FT n* | FT accuracy | "
-              "ICL-better / FT-better items | p | verdict |"), "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "## Verdicts",
+        "",
+        (
+            "| model | task | split | ICL k* | ICL accuracy | FT n* | FT accuracy | "
+            "ICL-better / FT-better items | p | verdict |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for (m, t, s), c in comparisons.items():
         k = _setting(c.icl_choice) if c.icl_choice else "–"
         n = _setting(c.ft_choice) if c.ft_choice else "–"
         disc = f"{c.mcnemar.b01} / {c.mcnemar.b10}" if c.mcnemar else "–"
         p = format_p(c.mcnemar.p_value) if c.mcnemar else "–"
-        lines.append(f"| {m} | `{t}` | {s} | {k} | {_acc_ci(c.icl)} | {n} | {_acc_ci(c.ft)} | {disc} | {p} | "
-                     f"{c.verdict} |")
+        lines.append(
+            f"| {m} | `{t}` | {s} | {k} | {_acc_ci(c.icl)} | {n} | {_acc_ci(c.ft)} | {disc} | {p} | {c.verdict} |"
+        )
     lines.append("")
 
     for m in models:
@@ -572,25 +695,42 @@ def write_report(records: Iterable[Mapping[str, Any]], out_dir: str | os.PathLik
                     why = "no results" if not _has_condition(records, cond, t, m) else "no validation cells"
                     lines.append(f"- {name}: {why} for this task, so it is not compared.")
                 else:
-                    lines.append(f"- {name}: {knob}={_setting(choice)} chosen on validation "
-                                 f"(validation accuracy {_acc_ci(choice)}).")
+                    lines.append(
+                        f"- {name}: {knob}={_setting(choice)} chosen on validation "
+                        f"(validation accuracy {_acc_ci(choice)})."
+                    )
             lines.append("")
             for s in EVAL_SPLITS:
                 c = comparisons[(m, t, s)]
                 lines.append(f"**{s}**: {c.verdict}.")
                 if c.icl is not None or c.ft is not None:
-                    lines.append(f"ICL {_acc_ci(c.icl)} vs FT {_acc_ci(c.ft)}" +
-                                 (f"; {c.mcnemar.b01} items {_only('ICL', c.mcnemar)}, {c.mcnemar.b10} "
-                                  f"{_only('FT', c.mcnemar)} (of {c.mcnemar.n} paired; {c.mcnemar.method})."
-                                  if c.mcnemar else "."))
+                    lines.append(
+                        f"ICL {_acc_ci(c.icl)} vs FT {_acc_ci(c.ft)}"
+                        + (
+                            f"; {c.mcnemar.b01} items {_only('ICL', c.mcnemar)}, {c.mcnemar.b10} "
+                            f"{_only('FT', c.mcnemar)} (of {c.mcnemar.n} paired; {c.mcnemar.method})."
+                            if c.mcnemar
+                            else "."
+                        )
+                    )
                 if c.note and c.mcnemar is not None:
                     lines.append(f"Note: {c.note}.")
                 lines.append("")
 
-    lines += ["## Tokens", "", ("What each side consumed for its chosen setting: ICL pays in prompt tokens at every "
-              "evaluation (k* demonstrations per item); FT pays once in training tokens, then evaluates 0-shot."), "",
-              ("| model | task | ICL k* | ICL prompt tokens (test) | FT n* | FT training tokens | "
-              "FT prompt tokens (test) | FT total |"), "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "## Tokens",
+        "",
+        (
+            "What each side consumed for its chosen setting: ICL pays in prompt tokens at every "
+            "evaluation (k* demonstrations per item); FT pays once in training tokens, then evaluates 0-shot."
+        ),
+        "",
+        (
+            "| model | task | ICL k* | ICL prompt tokens (test) | FT n* | FT training tokens | "
+            "FT prompt tokens (test) | FT total |"
+        ),
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for m in models:
         for t in tasks:
             c = comparisons.get((m, t, "test"))
@@ -604,8 +744,10 @@ def write_report(records: Iterable[Mapping[str, Any]], out_dir: str | os.PathLik
             total = (int(train_tok) + int(ft_eval_tok)) if train_tok is not None and ft_eval_tok is not None else None
             k = _setting(c.icl_choice) if c.icl_choice else "–"
             n = _setting(c.ft_choice) if c.ft_choice else "–"
-            lines.append(f"| {m} | `{t}` | {k} | {_tokens(icl_tok)} | {n} | {_tokens(train_tok)} | "
-                         f"{_tokens(ft_eval_tok)} | {_tokens(total)} |")
+            lines.append(
+                f"| {m} | `{t}` | {k} | {_tokens(icl_tok)} | {n} | {_tokens(train_tok)} | "
+                f"{_tokens(ft_eval_tok)} | {_tokens(total)} |"
+            )
     lines.append("")
     path = out / "report.md"
     atomic_write_text(path, "\n".join(lines))

@@ -1,0 +1,5 @@
+import sys
+
+from iclvsft.cli import main
+
+sys.exit(main())
