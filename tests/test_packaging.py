@@ -15,12 +15,27 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_wheel_contains_yamls_scripts_and_entry_point(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(ROOT)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-v",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
+    # Package discovery is complete: setuptools warns of no data folder it would skip, nor of anything else.
+    output = proc.stdout + proc.stderr
+    for warning in ("would be ignored", "SetuptoolsWarning", "SetuptoolsDeprecationWarning", "BuildBackendWarning"):
+        assert warning not in output, output[-3000:]
     [wheel] = list(tmp_path.glob("iclvsft-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     for rel in render_configs():
