@@ -36,7 +36,7 @@ DEMO_KEYS: dict[str, str] = {f"{PREFIX}demos": "demos", f"{PREFIX}draw": "draw"}
 _DATASET_KEY = f"{PREFIX}task"
 
 
-#: Our lm-eval model backend (``lm_backend.IclvsftHFLM``).
+#: Our lm-eval model backend (``backend.hflm.IclvsftHFLM``), registered under this one name.
 BACKEND_NAME = "iclvsft-hf"
 
 

@@ -7,7 +7,10 @@ from lm_eval.api.instance import Instance
 from lm_eval.models.huggingface import HFLM
 
 from iclvsft_tasks.backend.hflm import IclvsftHFLM, plan_prefix_groups
+from iclvsft_tasks.backend.options import PrefixOptions
 from iclvsft_tasks.data.splits import SplitSpec, build_split
+from iclvsft_tasks.errors import IclvsftError
+from iclvsft_tasks.lm_eval_glue import BACKEND_NAME
 from iclvsft_tasks.prompts import render_prompt
 
 GREEDY = {"until": ["\n\n"], "do_sample": False, "max_gen_toks": 12}
@@ -60,7 +63,8 @@ def _assert_ll_close(got, want):
 def test_registered_with_lm_eval():
     from lm_eval.api.registry import get_model
 
-    assert get_model("iclvsft-hf") is IclvsftHFLM
+    assert BACKEND_NAME == "iclvsft-hf"  # the name users type in --model
+    assert get_model(BACKEND_NAME) is IclvsftHFLM
 
 
 @pytest.mark.parametrize(
@@ -75,16 +79,28 @@ def test_registered_with_lm_eval():
     ],
 )
 def test_bad_settings_name_the_argument(tiny_llama, arg, value):
-    with pytest.raises(ValueError, match=arg) as info:
+    with pytest.raises(IclvsftError, match=arg) as info:
         IclvsftHFLM(**_model_args(tiny_llama, **{arg: value}))
     assert "\n" not in str(info.value)
+
+
+def test_options_parse_model_args_strings_and_numbers():
+    assert PrefixOptions() == PrefixOptions(512, 16, 8)
+    opts = PrefixOptions("0.5", " 8 ", 4.0)
+    assert opts == PrefixOptions(0.5, 8, 4) and opts.cache_bytes == 2**19
+    assert type(opts.min_prefix_tokens) is int and type(opts.prefix_batch_size) is int
+    assert PrefixOptions(prefix_cache_mb=0).cache_bytes == 0
+    with pytest.raises(IclvsftError, match=r"^prefix_batch_size must be an integer >= 1, got 2\.5$"):
+        PrefixOptions(prefix_batch_size=2.5)
+    with pytest.raises(IclvsftError, match="prefix_cache_mb must be a number >= 0, got 'nan'"):
+        PrefixOptions(prefix_cache_mb="nan")
 
 
 def test_settings_arrive_as_strings_and_unknown_arguments_fail_as_in_hf(tiny_llama):
     lm = IclvsftHFLM.create_from_arg_string(
         f"pretrained={tiny_llama},device=cpu,dtype=float32,prefix_cache_mb=0.5,min_prefix_tokens=8"
     )
-    assert lm.prefix_cache_bytes == 2**19 and lm.min_prefix_tokens == 8
+    assert lm.options.cache_bytes == 2**19 and lm.options.min_prefix_tokens == 8
     errors = []
     for cls in (HFLM, IclvsftHFLM):
         with pytest.raises(Exception) as info:
@@ -192,20 +208,21 @@ def test_lru_stays_within_its_bound(tiny_llama, hf, ours, room):
     )
     ours.clear_prefix_cache()
     ours.generate_until(_gen(contexts))
-    sizes = [n for _, n in ours._lru.values()]
+    sizes = ours.prefixes.sizes()
     assert len(sizes) == 3
     bound = max(sizes) + 1 if room == "one prefix" else min(sizes) - 1
     small = IclvsftHFLM(**_model_args(tiny_llama, prefix_cache_mb=str(bound / 2**20)))
-    assert small.prefix_cache_bytes <= bound
+    bytes_bound = small.options.cache_bytes
+    assert bytes_bound <= bound
     pairs = [(c, cont) for c in contexts for cont in (" 1", " True")]
     assert small.generate_until(_gen(contexts)) == hf.generate_until(_gen(contexts))
     _assert_ll_close(small.loglikelihood(_ll(pairs)), hf.loglikelihood(_ll(pairs)))
-    assert small.stats["cache_bytes_peak"] <= small.prefix_cache_bytes
-    assert sum(n for _, n in small._lru.values()) == small.stats["cache_bytes"] <= small.prefix_cache_bytes
+    assert small.stats["cache_bytes_peak"] <= bytes_bound
+    assert sum(small.prefixes.sizes()) == small.stats["cache_bytes"] <= bytes_bound
     if room == "one prefix":
-        assert small.stats["evictions"] > 0 and len(small._lru) == 1
+        assert small.stats["evictions"] > 0 and len(small.prefixes) == 1
     else:
-        assert small.stats["uncached"] > 0 and not small._lru
+        assert small.stats["uncached"] > 0 and len(small.prefixes) == 0
     assert small.stats["suffix_tokens"] > 0
 
 

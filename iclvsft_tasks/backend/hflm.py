@@ -48,7 +48,8 @@ group of ``n``. (Merging gives a total of ``sum(len) - n*l'`` computed tokens ag
 ``sum(len) - (n-1)*l`` for a fresh group; a lone sequence has no prefix to lose, so it always joins a
 neighbour that shares ``min_prefix_tokens``.) Groups of one go through ``HFLM``.
 
-Counters (``stats``, reset with ``reset_stats()``) for benchmarks: ``prompt_tokens`` is what ``hf``
+Counters (``stats``, a dict snapshot, reset with ``reset_stats()``) for benchmarks; the token
+counters are a ``TokenStats``, the cache's are the ``PrefixCache``'s own. ``prompt_tokens`` is what ``hf``
 would run through the model for the same prompts; ``prefix_tokens`` the prefix tokens actually
 computed (once per LRU miss); ``suffix_tokens`` the tokens run after a cached prefix;
 ``plain_tokens`` the prompt tokens computed by ``HFLM``'s own path (fallbacks);
@@ -72,10 +73,9 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
-from collections import OrderedDict
 from collections.abc import Sequence
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -86,6 +86,14 @@ from lm_eval.models.utils import normalize_gen_kwargs
 from tqdm import tqdm
 
 from iclvsft_tasks.backend.kvcache import cache_keyword, output_cache, resumable
+from iclvsft_tasks.backend.options import (
+    DEFAULT_MIN_PREFIX_TOKENS,
+    DEFAULT_PREFIX_BATCH_SIZE,
+    DEFAULT_PREFIX_CACHE_MB,
+    PrefixOptions,
+)
+from iclvsft_tasks.backend.prefix_cache import PrefixCache
+from iclvsft_tasks.lm_eval_glue import BACKEND_NAME
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -94,9 +102,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PREFIX_CACHE_MB = 512
-DEFAULT_MIN_PREFIX_TOKENS = 16
-DEFAULT_PREFIX_BATCH_SIZE = 8
 #: Generation kwargs under which a pre-filled cache is not known to be exact (or generate refuses one).
 _UNSAFE_GEN_KWARGS = (
     "cache_implementation",
@@ -107,40 +112,23 @@ _UNSAFE_GEN_KWARGS = (
     "assistant_early_exit",
     "prefill_chunk_size",
 )
-_STAT_KEYS = (
-    "prompt_tokens",
-    "prefix_tokens",
-    "suffix_tokens",
-    "plain_tokens",
-    "generated_tokens",
-    "prefix_batches",
-    "prefix_hits",
-    "prefix_misses",
-    "evictions",
-    "uncached",
-    "cache_bytes",
-    "cache_bytes_peak",
-)
 
 
-def _parse_number(name: str, value: Any, *, integer: bool, minimum: float) -> float | int:
-    """``value`` as an int (or a number when not ``integer``) >= ``minimum``; strings come from --model_args."""
-    kind = "an integer" if integer else "a number"
-    parsed: float | int | None = None
-    if isinstance(value, bool):
-        parsed = None
-    elif isinstance(value, int):
-        parsed = value
-    elif isinstance(value, float):
-        parsed = int(value) if integer and value.is_integer() else (None if integer else value)
-    elif isinstance(value, str):
-        try:
-            parsed = int(value.strip()) if integer else float(value.strip())
-        except ValueError:
-            parsed = None
-    if parsed is None or not math.isfinite(parsed) or parsed < minimum:
-        raise ValueError(f"{name} must be {kind} >= {minimum:g}, got {value!r}")
-    return parsed
+@dataclass
+class TokenStats:
+    """Token positions by where they were computed (the module docstring defines each)."""
+
+    prompt_tokens: int = 0
+    prefix_tokens: int = 0
+    suffix_tokens: int = 0
+    plain_tokens: int = 0
+    generated_tokens: int = 0
+    prefix_batches: int = 0
+
+    @property
+    def computed(self) -> int:
+        """Token positions run through the model: prefixes + suffixes + plain prompts + generated."""
+        return self.prefix_tokens + self.suffix_tokens + self.plain_tokens + self.generated_tokens
 
 
 def _common_prefix_len(a: Sequence[int], b: Sequence[int], limit: int) -> int:
@@ -180,13 +168,13 @@ def plan_prefix_groups(
     return [(p, m) for p, m in groups if len(m) > 1 and p >= min_prefix_tokens]
 
 
-def _cache_nbytes(cache: Any) -> int:
-    return sum(t.nbytes for layer in cache.layers for t in (layer.keys, layer.values) if t is not None)
-
-
-@register_model("iclvsft-hf")
+@register_model(BACKEND_NAME)
 class IclvsftHFLM(HFLM):
-    """``HFLM`` that computes a prompt prefix shared by several requests once (see the module docstring)."""
+    """``HFLM`` that computes a prompt prefix shared by several requests once (see the module docstring).
+
+    ``options`` holds its own arguments (``PrefixOptions``), ``prefixes`` the stored prefix caches
+    (a ``PrefixCache`` keyed by token ids), ``token_stats`` the token counters.
+    """
 
     def __init__(
         self,
@@ -196,38 +184,46 @@ class IclvsftHFLM(HFLM):
         prefix_batch_size: int | str = DEFAULT_PREFIX_BATCH_SIZE,
         **kwargs: Any,
     ) -> None:
-        # Parse before loading the model, so a typo costs no load time.
-        cache_mb = _parse_number("prefix_cache_mb", prefix_cache_mb, integer=False, minimum=0)
-        self.min_prefix_tokens = int(_parse_number("min_prefix_tokens", min_prefix_tokens, integer=True, minimum=1))
-        self.prefix_batch_size = int(_parse_number("prefix_batch_size", prefix_batch_size, integer=True, minimum=1))
+        # Validate before loading the model, so a typo costs no load time.
+        self.options = PrefixOptions(prefix_cache_mb, min_prefix_tokens, prefix_batch_size)
         super().__init__(*args, **kwargs)
-        self.prefix_cache_bytes = int(cache_mb * 2**20)
-        self._lru: OrderedDict[tuple[int, ...], tuple[Any, int]] = OrderedDict()
+        self.prefixes: PrefixCache[tuple[int, ...], Any] = PrefixCache(self.options.cache_bytes)
         self._gen_plan: dict[tuple[int, ...], int] = {}
         self._bypass = 0
-        self._disabled_reason: str | None = None if self.prefix_cache_bytes > 0 else "prefix_cache_mb=0"
+        self._disabled_reason: str | None = None if self.options.cache_bytes > 0 else "prefix_cache_mb=0"
         self._cache_kw: str | None = None
         self._keep_kw: str | None = None
-        self.stats: dict[str, int] = {}
-        self.reset_stats()
+        self.token_stats = TokenStats()
 
     # ----- bookkeeping -----
 
+    @property
+    def stats(self) -> dict[str, int]:
+        """Every counter by its documented name (a snapshot; benchmarks keep and print it)."""
+        cache = self.prefixes
+        return {
+            **asdict(self.token_stats),
+            "prefix_hits": cache.hits,
+            "prefix_misses": cache.misses,
+            "evictions": cache.evictions,
+            "uncached": cache.uncached,
+            "cache_bytes": cache.nbytes,
+            "cache_bytes_peak": cache.peak_nbytes,
+        }
+
     def reset_stats(self) -> None:
         """Zero the counters (the stored prefixes stay; ``cache_bytes`` keeps their size)."""
-        self.stats = dict.fromkeys(_STAT_KEYS, 0)
-        self.stats["cache_bytes"] = self.stats["cache_bytes_peak"] = sum(n for _, n in self._lru.values())
+        self.token_stats = TokenStats()
+        self.prefixes.reset_counters()
 
     @property
     def tokens_computed(self) -> int:
         """Token positions run through the model so far: prefixes + suffixes + plain prompts + generated."""
-        s = self.stats
-        return s["prefix_tokens"] + s["suffix_tokens"] + s["plain_tokens"] + s["generated_tokens"]
+        return self.token_stats.computed
 
     def clear_prefix_cache(self) -> None:
         """Drop every stored prefix cache."""
-        self._lru.clear()
-        self.stats["cache_bytes"] = 0
+        self.prefixes.clear()
 
     @contextmanager
     def _hflm_only(self) -> Iterator[None]:
@@ -255,7 +251,7 @@ class IclvsftHFLM(HFLM):
         return self._disabled_reason is None
 
     def _disable(self, reason: str) -> None:
-        log.warning("iclvsft-hf: prefix caching off (%s); using the hf path", reason)
+        log.warning("%s: prefix caching off (%s); using the hf path", BACKEND_NAME, reason)
         self._disabled_reason = reason
         self.clear_prefix_cache()
 
@@ -297,28 +293,15 @@ class IclvsftHFLM(HFLM):
 
     def _prefix_cache(self, prefix: tuple[int, ...]) -> Any | None:
         """The KV cache of ``prefix`` (from the LRU or computed now); None if this model's cache is unsupported."""
-        hit = self._lru.get(prefix)
-        if hit is not None:
-            self._lru.move_to_end(prefix)
-            self.stats["prefix_hits"] += 1
-            return hit[0]
-        self.stats["prefix_misses"] += 1
-        self.stats["prefix_tokens"] += len(prefix)
+        cache = self.prefixes.get(prefix)
+        if cache is not None:
+            return cache
+        self.token_stats.prefix_tokens += len(prefix)
         _, cache = self._forward(prefix, None, keep=1)
         if not resumable(cache):
             self._disable(f"unsupported cache type {type(cache).__name__}")
             return None
-        nbytes = _cache_nbytes(cache)
-        if nbytes > self.prefix_cache_bytes:
-            self.stats["uncached"] += 1  # used for this request group only
-            return cache
-        while self._lru and self.stats["cache_bytes"] + nbytes > self.prefix_cache_bytes:
-            _, (_, freed) = self._lru.popitem(last=False)
-            self.stats["cache_bytes"] -= freed
-            self.stats["evictions"] += 1
-        self._lru[prefix] = (cache, nbytes)
-        self.stats["cache_bytes"] += nbytes
-        self.stats["cache_bytes_peak"] = max(self.stats["cache_bytes_peak"], self.stats["cache_bytes"])
+        self.prefixes.put(prefix, cache)  # one over the bound is not stored: used for this request group only
         return cache
 
     # ----- generate_until -----
@@ -355,7 +338,7 @@ class IclvsftHFLM(HFLM):
             if row is not None:
                 rows.append(row)
                 eligible.append(i)
-        groups = plan_prefix_groups(rows, [len(r) - 1 for r in rows], self.min_prefix_tokens)
+        groups = plan_prefix_groups(rows, [len(r) - 1 for r in rows], self.options.min_prefix_tokens)
 
         results: list[str | None] = [None] * len(requests)
         pbar = tqdm(
@@ -373,7 +356,7 @@ class IclvsftHFLM(HFLM):
                 try:
                     for idx in buckets.values():
                         grouped.update(idx)
-                        self.batch_size_per_gpu = min(self.prefix_batch_size, len(idx))
+                        self.batch_size_per_gpu = min(self.options.prefix_batch_size, len(idx))
                         try:
                             outs = super().generate_until([requests[i] for i in idx], disable_tqdm=True)
                         finally:
@@ -410,18 +393,18 @@ class IclvsftHFLM(HFLM):
                     cache = copy.deepcopy(prefix)
                     if rows > 1:
                         cache.batch_repeat_interleave(rows)
-        self.stats["prompt_tokens"] += rows * prompt_len
+        self.token_stats.prompt_tokens += rows * prompt_len
         if cache is None:
-            self.stats["plain_tokens"] += rows * prompt_len
+            self.token_stats.plain_tokens += rows * prompt_len
             out = super()._model_generate(context, max_length, stop, **generation_kwargs)
         else:
-            self.stats["suffix_tokens"] += rows * (prompt_len - cache.get_seq_length())
-            self.stats["prefix_batches"] += 1
+            self.token_stats.suffix_tokens += rows * (prompt_len - cache.get_seq_length())
+            self.token_stats.prefix_batches += 1
             # HFLM's own call, plus the cache: generate() then prefills only input_ids[:, cache_len:]
             # (positions come from the full attention mask / the cache length).
             generation_kwargs[self._cache_kw] = cache
             out = super()._model_generate(context, max_length, stop, **generation_kwargs)
-        self.stats["generated_tokens"] += rows * (out.shape[1] - prompt_len)
+        self.token_stats.generated_tokens += rows * (out.shape[1] - prompt_len)
         return out
 
     # ----- loglikelihood -----
@@ -458,7 +441,7 @@ class IclvsftHFLM(HFLM):
             )
         distinct = list(needed)
         # A prefix may cover at most the positions before the first scored logit.
-        groups = plan_prefix_groups(distinct, [len(s) - needed[s] for s in distinct], self.min_prefix_tokens)
+        groups = plan_prefix_groups(distinct, [len(s) - needed[s] for s in distinct], self.options.min_prefix_tokens)
         by_inp: dict[tuple[int, ...], list[int]] = {}
         for i, inp in enumerate(inps):
             by_inp.setdefault(inp, []).append(i)
@@ -475,8 +458,8 @@ class IclvsftHFLM(HFLM):
                 for m in members:
                     inp = distinct[m]
                     keep = needed[inp]
-                    self.stats["prompt_tokens"] += len(inp)
-                    self.stats["suffix_tokens"] += len(inp) - plen
+                    self.token_stats.prompt_tokens += len(inp)
+                    self.token_stats.suffix_tokens += len(inp) - plen
                     logits, _ = self._forward(inp[plen:], copy.deepcopy(prefix), keep=keep)
                     logprobs = F.log_softmax(logits, dim=-1, dtype=self.softmax_dtype)  # [keep, vocab]
                     for i in by_inp[inp]:
@@ -499,8 +482,8 @@ class IclvsftHFLM(HFLM):
         # HFLM runs one forward per distinct input when logits_cache is on (its one-token-continuation reuse).
         inps = [tuple((ctx + cont)[-(self.max_length + 1) :][:-1]) for _, ctx, cont in requests]
         computed = sum(len(s) for s in (set(inps) if self.logits_cache else inps))
-        self.stats["prompt_tokens"] += computed
-        self.stats["plain_tokens"] += computed
+        self.token_stats.prompt_tokens += computed
+        self.token_stats.plain_tokens += computed
 
     def _score(
         self, request: tuple[tuple[str, str], list[int], list[int]], logprobs: torch.Tensor
