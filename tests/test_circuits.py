@@ -460,9 +460,9 @@ def test_bad_input_is_one_line(case, message, tiny_llama, other_architecture, tm
 
 
 def test_compare_circuits_runs_at_the_chosen_k_and_n(tiny_llama, tmp_path):
-    from iclvsft.compare import report
+    from iclvsft.compare.circuit_section import run_circuit_analyses
     from iclvsft.compare.config import Experiment
-    from iclvsft.compare.run import run_circuit_analyses
+    from iclvsft.compare.records import Settings
     from iclvsft.models import model_label
 
     label = model_label(str(tiny_llama))
@@ -494,11 +494,9 @@ def test_compare_circuits_runs_at_the_chosen_k_and_n(tiny_llama, tmp_path):
             "checkpoint": str(tiny_llama),
         },
     ]
-    (tmp_path / "report.md").write_text("# ICL vs fine-tuning\n\nbody\n")
-    lines, summary = run_circuit_analyses(exp, records, tmp_path, label)
-    report.append_section(tmp_path / "report.md", lines)
-    text = (tmp_path / "report.md").read_text()
-    assert text.startswith("# ICL vs fine-tuning\n\nbody\n\n## Circuit shift")
+    lines, summary = run_circuit_analyses(exp, Settings.aggregate(records), tmp_path, label)
+    text = "\n".join(lines)
+    assert text.startswith("## Circuit shift\n")
     assert "ICL k*=2, FT n*=8" in text and "(circuits/parity_pattern/heatmap_icl.png)" in text
     assert summary["parity_pattern"]["status"] == "done"
     result = json.loads((tmp_path / "circuits" / "parity_pattern" / "circuits.json").read_text())
@@ -507,7 +505,7 @@ def test_compare_circuits_runs_at_the_chosen_k_and_n(tiny_llama, tmp_path):
 
     # k* = 0 and no FT result: said in the report, nothing run, nothing raised.
     worse = [dict(r, accuracy=0.1) if r["key"] == "b" else r for r in records if r["condition"] == "icl"]
-    lines, summary = run_circuit_analyses(exp, worse, tmp_path / "none", label)
+    lines, summary = run_circuit_analyses(exp, Settings.aggregate(worse), tmp_path / "none", label)
     section = "\n".join(lines)
     assert "k* = 0" in section and "no FT result" in section and "Not analysed." in section
     assert summary["parity_pattern"]["status"] == "not run"

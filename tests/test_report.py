@@ -8,8 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from iclvsft.compare.report import compare, plot_task, select_best, summary_table, write_report, write_results
+from iclvsft.compare.markdown import write_report
+from iclvsft.compare.plots import plot_task
+from iclvsft.compare.records import Settings, aggregate_draws, select_best
+from iclvsft.compare.results import write_results
 from iclvsft.compare.stats import mcnemar_exact, wilson_interval
+from iclvsft.compare.summary import summary_table
+from iclvsft.compare.verdicts import compare
 
 MODEL = "tiny-model"
 META = {
@@ -107,18 +112,18 @@ def run_dir(tmp_path) -> tuple[Path, list[dict]]:
 
 def test_selection_uses_validation_never_test(run_dir):
     _, recs = run_dir
-    best = select_best(recs, "icl", "parity_pattern", MODEL)
+    best = select_best(Settings.aggregate(recs), "icl", "parity_pattern", MODEL)
     assert best["split"] == "validation" and best["shots"] == 2  # k=8 is best on test, k=2 on validation
-    ft = select_best(recs, "ft", "parity_pattern", MODEL)
+    ft = select_best(Settings.aggregate(recs), "ft", "parity_pattern", MODEL)
     assert ft["split"] == "validation" and ft["ft_samples"] == 400  # tie with 1600: the cheaper one
-    assert select_best(recs, "icl", "code_pattern", MODEL) is None
+    assert select_best(Settings.aggregate(recs), "icl", "code_pattern", MODEL) is None
     only_test = [r for r in recs if r["split"] != "validation"]
-    assert select_best(only_test, "icl", "parity_pattern", MODEL) is None
+    assert select_best(Settings.aggregate(only_test), "icl", "parity_pattern", MODEL) is None
 
 
 def test_ties_go_to_fewer_shots(tmp_path):
     recs = [cell(tmp_path, "icl", "parity_pattern", "validation", k, outcomes(14, 20)) for k in (8, 1, 4)]
-    assert select_best(recs, "icl", "parity_pattern", MODEL)["shots"] == 1
+    assert select_best(Settings.aggregate(recs), "icl", "parity_pattern", MODEL)["shots"] == 1
 
 
 def test_results_files_are_deterministic(run_dir, tmp_path):
@@ -144,7 +149,7 @@ def test_plot_is_a_readable_png(run_dir, tmp_path):
     from matplotlib.image import imread
 
     _, recs = run_dir
-    path = plot_task(recs, "parity_pattern", MODEL, tmp_path / "plots" / "parity_pattern.png")
+    path = plot_task(Settings.aggregate(recs), "parity_pattern", MODEL, tmp_path / "plots" / "parity_pattern.png")
     image = imread(path)
     assert image.ndim == 3 and image.shape[2] in (3, 4) and image.shape[0] > 200 and image.shape[1] > 400
     assert image.std() > 0.01  # something was drawn
@@ -153,23 +158,23 @@ def test_plot_is_a_readable_png(run_dir, tmp_path):
 
 def test_compare_pairs_items_and_states_verdicts(run_dir):
     out, recs = run_dir
-    broken = compare(recs, "parity_pattern", MODEL, "test_broken", out)
+    broken = compare(Settings.aggregate(recs), "parity_pattern", MODEL, "test_broken", out)
     assert (broken.icl["shots"], broken.ft["ft_samples"]) == (2, 400)
     assert (broken.mcnemar.b01, broken.mcnemar.b10, broken.mcnemar.n) == (30, 0, 40)
     assert broken.winner == "icl" and broken.verdict.startswith("ICL (k*=2) beat FT (n*=400)")
-    test = compare(recs, "parity_pattern", MODEL, "test", out)
+    test = compare(Settings.aggregate(recs), "parity_pattern", MODEL, "test", out)
     assert test.winner is None and test.verdict.startswith("no significant difference (p=")
-    fb = compare(recs, "boolean_pattern", MODEL, "test_broken", out)
+    fb = compare(Settings.aggregate(recs), "boolean_pattern", MODEL, "test_broken", out)
     assert fb.winner == "ft" and fb.verdict.startswith("FT (n*=100) beat ICL (k*=4)")
     # The paired test is not the unpaired one: same accuracies (30/40), opposite items.
-    even = compare(recs, "boolean_pattern", MODEL, "test", out)
+    even = compare(Settings.aggregate(recs), "boolean_pattern", MODEL, "test", out)
     assert even.icl["correct"] == even.ft["correct"] == 30
     assert (even.mcnemar.b01, even.mcnemar.b10) == (10, 10) and even.mcnemar.p_value == 1.0
 
 
 def test_report_has_verdicts_p_values_tokens_and_plots(run_dir):
     out, recs = run_dir
-    path = write_report(recs, out, META)
+    path = write_report(Settings.aggregate(recs), out, META)
     text = path.read_text()
     assert "![parity_pattern" in text and "](plots/parity_pattern.png)" in text
     assert "](plots/boolean_pattern.png)" in text
@@ -197,20 +202,20 @@ def test_missing_condition_and_predictions_degrade_gracefully(run_dir):
     )["predictions"]
     (out / parity_ft_file).unlink()
     meta = dict(META, tasks=["parity_pattern", "boolean_pattern", "code_pattern"])
-    text = write_report(icl_only, out, meta).read_text()
+    text = write_report(Settings.aggregate(icl_only), out, meta).read_text()
     assert "not compared: no FT results" in text
     assert "FT: no results for this task" in text
     assert "not tested (predictions file" in text  # parity test: FT file gone
     assert "ICL (k*=2) beat FT (n*=400)" in text  # parity test_broken still tested
     assert "## `code_pattern`" in text and "No results for this task." in text
     assert (out / "plots" / "boolean_pattern.png").is_file()
-    assert summary_table(icl_only)
-    assert summary_table([]) == "no results"
+    assert summary_table(Settings.aggregate(icl_only))
+    assert summary_table(Settings.aggregate([])) == "no results"
 
 
 def test_summary_table_marks_the_validation_choices(run_dir):
     _, recs = run_dir
-    table = summary_table(recs)
+    table = summary_table(Settings.aggregate(recs))
     lines = table.splitlines()
     assert lines[0].startswith(f"model: {MODEL}")
     assert "k=0" in lines[1] and "n=1600" in lines[1]
@@ -223,7 +228,7 @@ def test_summary_table_marks_the_validation_choices(run_dir):
 def test_report_can_link_plots_drawn_elsewhere(run_dir, tmp_path):
     out, recs = run_dir
     report_dir = tmp_path / "elsewhere"
-    text = write_report(recs, report_dir, {}, base_dir=out, plots=False).read_text()
+    text = write_report(Settings.aggregate(recs), report_dir, {}, base_dir=out, plots=False).read_text()
     assert "](plots/parity_pattern.png)" in text and not (report_dir / "plots").exists()
     assert "ICL (k*=2) beat FT (n*=400)" in text  # predictions resolved against base_dir
 
@@ -247,10 +252,8 @@ def draws_dir(tmp_path) -> tuple[Path, list[dict]]:
 
 
 def test_draws_are_aggregated_before_choosing_k(draws_dir):
-    from iclvsft.compare.report import aggregate_draws
-
     _, recs = draws_dir
-    best = select_best(recs, "icl", "parity_pattern", MODEL)
+    best = select_best(Settings.aggregate(recs), "icl", "parity_pattern", MODEL)
     assert best["shots"] == 2 and best["draws"] == [1, 2, 3]  # the mean decides, not the best draw
     test = [r for r in aggregate_draws(recs) if r["split"] == "test" and r["condition"] == "icl" and r["shots"] == 2]
     [agg] = test
@@ -260,18 +263,73 @@ def test_draws_are_aggregated_before_choosing_k(draws_dir):
     assert agg["ci_low"] == pytest.approx(sum(lo for lo, _ in bounds) / 3)
     assert len(agg["predictions"]) == 3
     assert aggregate_draws(aggregate_draws(recs)) == aggregate_draws(recs)  # idempotent
+    assert Settings.aggregate(Settings.aggregate(recs)) == Settings.aggregate(recs)
 
 
 def test_draws_pair_items_on_their_mean_correctness(draws_dir):
     from iclvsft.compare.stats import paired_sign_flip
 
     out, recs = draws_dir
-    result = compare(recs, "parity_pattern", MODEL, "test", out)
+    result = compare(Settings.aggregate(recs), "parity_pattern", MODEL, "test", out)
     icl_scores = [sum(i < c for c in (30, 34, 38)) / 3 for i in range(40)]
     ft_scores = [float(i < 20) for i in range(40)]
     expected = paired_sign_flip(icl_scores, ft_scores, 3)
     assert result.mcnemar == expected and "sign-flip" in result.mcnemar.method
     assert result.winner == "icl"
-    report = write_report(recs, out, META).read_text()
+    report = write_report(Settings.aggregate(recs), out, META).read_text()
     assert "mean of 3 draws, range 0.750–0.950" in report
     assert "sign-flip" in report
+
+
+# --- report.md, byte for byte -------------------------------------------------------------------------
+
+GOLDEN = Path(__file__).parent / "golden" / "report"
+#: A circuit section as ``run_circuit_analyses`` shapes it (trailing blank lines included).
+CIRCUIT_SECTION = [
+    "## Circuit shift",
+    "",
+    "Which heads the demonstrations change.",
+    "",
+    "### `parity_pattern`",
+    "",
+    "Note: there is no FT result.",
+    "",
+    "Not analysed.",
+    "",
+    "",
+]
+
+
+def _degraded(out: Path, recs: list[dict]) -> tuple[list[dict], dict]:
+    """No FT for boolean_pattern, no task code_pattern, two prediction files gone (one of them chosen)."""
+    icl_only = [r for r in recs if not (r["task"] == "boolean_pattern" and r["condition"] == "ft")]
+    (out / icl_only[0]["predictions"]).unlink()
+    ft = next(
+        r
+        for r in recs
+        if r["task"] == "parity_pattern" and r["condition"] == "ft" and r["split"] == "test" and r["ft_samples"] == 400
+    )
+    (out / ft["predictions"]).unlink()
+    return icl_only, dict(META, tasks=["parity_pattern", "boolean_pattern", "code_pattern"])
+
+
+@pytest.mark.parametrize(
+    "fixture, section, degraded, golden",
+    [
+        ("run_dir", (), False, "report.md"),
+        ("run_dir", CIRCUIT_SECTION, False, "report_circuits.md"),
+        ("draws_dir", (), False, "report_draws.md"),
+        ("run_dir", (), True, "report_degraded.md"),
+    ],
+)
+def test_report_matches_its_golden(request, tmp_path, fixture, section, degraded, golden):
+    """The goldens were written by the report writer before it was split into modules (and the circuit
+    section appended to the file afterwards): the same records must still give the same bytes."""
+    out, recs = request.getfixturevalue(fixture)
+    meta = META
+    if degraded:
+        recs, meta = _degraded(out, recs)
+    path = write_report(
+        Settings.aggregate(recs), tmp_path / "report", meta, base_dir=out, plots=False, circuit_section=section
+    )
+    assert path.read_bytes() == (GOLDEN / golden).read_bytes()

@@ -10,7 +10,7 @@ cells instead of mixing with old ones.
 Order: plan (all checks, nothing evaluated), ICL cells on the base model, then per fine-tune:
 train (or resume) with ``iclvsft-train``, evaluate each milestone at 0 shots. Finally the
 validation split chooses the reported k and n, and results, plots and the report are written;
-with ``circuits`` on, the circuit-shift analysis then runs at k* and n* and adds its section.
+with ``circuits`` on, the circuit-shift analysis runs at k* and n* first and the report ends with its section.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from iclvsft.compare.config import Experiment
+from iclvsft.compare.records import HELD_OUT_SPLITS
 from iclvsft_tasks.atomic import atomic_open, atomic_write_text, ensure_output_dir
 from iclvsft_tasks.cliutil import pin_cpu_threads, resolve_device
 from iclvsft_tasks.data.splits import SplitSpec, fingerprints
@@ -36,7 +37,6 @@ from iclvsft_tasks.demos import fixed_demo_ids
 from iclvsft_tasks.errors import IclvsftError
 from iclvsft_tasks.lm_eval_configs import SHOTS, variant_name
 
-EVAL_SPLITS = ("validation", "test", "test_broken")
 #: Backends built on lm-eval's HFLM (same arguments; ours adds shared-prefix KV reuse).
 HF_BACKENDS = ("iclvsft-hf", "hf")
 CELLS_DIR = "cells"
@@ -370,95 +370,15 @@ def milestone_tokens(manifest: dict[str, Any], samples: int) -> int:
     return int(float(logged[-1]["num_tokens"])) if logged else 0
 
 
-def run_circuit_analyses(
-    exp: Experiment, records: Sequence[dict[str, Any]], out: Path, label: str
-) -> tuple[list[str], dict[str, Any]]:
-    """The circuit-shift analysis of each task at the validation-chosen k* and n*.
-
-    Writes ``<out>/circuits/<task>/`` (reused when its settings have not changed) and returns the
-    report section's lines and, per task, the result file or why the analysis did not run. A
-    missing condition (k* = 0, no FT result) or too few pairs is said in the section, not raised.
-    """
-    from iclvsft.circuits import CircuitsConfig, run_circuits
-    from iclvsft.circuits.report import render_section
-    from iclvsft.circuits.run import DTYPES as CIRCUIT_DTYPES
-    from iclvsft.compare import report
-
-    lines = [
-        "## Circuit shift",
-        "",
-        (
-            "Which attention heads and MLP layers the demonstrations (ICL at k*) and the fine-tuning (FT at n*) "
-            "change, measured by patching pattern items into matched pattern-broken items (`iclvsft circuits`; "
-            f"{exp.circuit_items} pairs from `test`/`test_broken`, the fixed demonstrations of draw 1). The shift is "
-            "the distance of each condition's importance map from the base model's 0-shot map."
-        ),
-        "",
-    ]
-    summary: dict[str, Any] = {}
-    for task in exp.tasks:
-        icl = report.select_best(records, "icl", task, label)
-        ft = report.select_best(records, "ft", task, label)
-        shots = int(icl["shots"]) if icl else 0
-        checkpoint = ft.get("checkpoint") if ft else None
-        notes = []
-        if icl is None:
-            notes.append("there is no ICL result")
-        elif shots == 0:
-            notes.append("k* = 0 (ICL's best validation setting shows no demonstrations), so there is no ICL shift")
-        if ft is None:
-            notes.append("there is no FT result")
-        elif not checkpoint or not Path(checkpoint).is_dir():
-            notes.append(f"the FT milestone n*={ft['ft_samples']} is not on disk ({checkpoint})")
-            checkpoint = None
-        lines += [f"### `{task}`", ""]
-        lines += [f"Note: {note}." for note in notes] + ([""] if notes else [])
-        if not shots and checkpoint is None:
-            lines += ["Not analysed.", ""]
-            summary[task] = {"status": "not run", "notes": notes}
-            continue
-        config = CircuitsConfig(
-            model=exp.model,
-            task=task,
-            shots=shots,
-            ft_checkpoint=checkpoint,
-            items=exp.circuit_items,
-            out=str(out / "circuits" / task),
-            dtype=exp.dtype if exp.dtype in CIRCUIT_DTYPES else "float32",
-            device=exp.device,
-            seed=exp.seed,
-            sizes=exp.sizes,
-            draw=1,
-        )
-        try:
-            result = run_circuits(config, reuse=True)
-        except IclvsftError as exc:
-            lines += [f"Not analysed: {exc}.", ""]
-            summary[task] = {"status": "failed", "error": str(exc), "notes": notes}
-            continue
-        n = f", FT n*={ft['ft_samples']} ({checkpoint})" if checkpoint else ""
-        lines += [
-            (
-                f"ICL k*={shots}{n}, chosen on validation. Files: `circuits/{task}/` "
-                f"([report](circuits/{task}/report.md), `circuits.json`)."
-            ),
-            "",
-        ]
-        lines += render_section(result, link_prefix=f"circuits/{task}/", level=4)
-        summary[task] = {
-            "status": "done",
-            "result": str(out / "circuits" / task / "circuits.json"),
-            "verdict": result["verdict"],
-            "notes": notes,
-        }
-    return lines, summary
-
-
 def run_compare(
     exp: Experiment, command: Sequence[str] = (), progress: Callable[..., Any] | None = None
 ) -> dict[str, Any]:
     """Run (or resume) the whole comparison; returns the run's metadata (paths, choices, timing)."""
-    from iclvsft.compare import report
+    from iclvsft.compare.circuit_section import run_circuit_analyses
+    from iclvsft.compare.markdown import write_report
+    from iclvsft.compare.records import Settings
+    from iclvsft.compare.results import write_results
+    from iclvsft.compare.summary import summary_table
     from iclvsft.models import model_label, resolve_model
     from iclvsft_tasks.lm_eval_glue import task_manager
 
@@ -484,10 +404,12 @@ def run_compare(
         for t in exp.tasks
         for k in exp.shots
         for d in exp.draws_for(k)
-        for s in EVAL_SPLITS
+        for s in HELD_OUT_SPLITS
     ]
     for training in trainings:
-        cells += [Cell("ft", t, s, 0, n, training) for t in training.tasks for n in exp.ft_samples for s in EVAL_SPLITS]
+        cells += [
+            Cell("ft", t, s, 0, n, training) for t in training.tasks for n in exp.ft_samples for s in HELD_OUT_SPLITS
+        ]
 
     def key_of(cell: Cell) -> str:
         return cell.key({**context, "fingerprint": split_fps[cell.task][cell.split]})
@@ -581,12 +503,13 @@ def run_compare(
         "wall_time_s": round(time.perf_counter() - started, 1),
         "fine_tunes": {t.name: str(t.directory) for t in trainings},
     }
-    report.write_results(current, out)
-    report.write_report(current, out, meta)  # draws plots/<task>.png too
-    if exp.circuits:
-        lines, meta["circuits"] = run_circuit_analyses(exp, current, out, label)
-        report.append_section(out / "report.md", lines)
+    write_results(current, out)
+    settings = Settings.aggregate(current)
+    circuit_lines, circuits = run_circuit_analyses(exp, settings, out, label) if exp.circuits else ([], None)
+    write_report(settings, out, meta, circuit_section=circuit_lines)  # draws plots/<task>.png too
+    if circuits is not None:  # for run.json only: report.md has them as its section, not in its metadata list
+        meta["circuits"] = circuits
         meta["wall_time_s"] = round(time.perf_counter() - started, 1)
     atomic_write_text(out / "run.json", json.dumps({"experiment": exp.to_dict(), **meta}, indent=2, default=str) + "\n")
-    meta["summary"] = report.summary_table(current)
+    meta["summary"] = summary_table(settings)
     return meta

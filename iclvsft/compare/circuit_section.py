@@ -1,0 +1,97 @@
+"""The report's circuit-shift section: ``iclvsft circuits`` on each task at the validation-chosen k* and n*.
+
+Runs before ``report.md`` is written, which then ends with the section's lines.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from iclvsft.compare.config import Experiment
+from iclvsft.compare.records import Settings, select_best
+from iclvsft_tasks.errors import IclvsftError
+
+
+def run_circuit_analyses(
+    exp: Experiment, settings: Settings, out: Path, label: str
+) -> tuple[list[str], dict[str, Any]]:
+    """The circuit-shift analysis of each task at the validation-chosen k* and n*.
+
+    Writes ``<out>/circuits/<task>/`` (reused when its settings have not changed) and returns the
+    report section's lines and, per task, the result file or why the analysis did not run. A
+    missing condition (k* = 0, no FT result) or too few pairs is said in the section, not raised.
+    """
+    # Lazy: only a run with circuits on needs the circuits package.
+    from iclvsft.circuits import CircuitsConfig, run_circuits
+    from iclvsft.circuits.report import render_section
+    from iclvsft.circuits.run import DTYPES as CIRCUIT_DTYPES
+
+    lines = [
+        "## Circuit shift",
+        "",
+        (
+            "Which attention heads and MLP layers the demonstrations (ICL at k*) and the fine-tuning (FT at n*) "
+            "change, measured by patching pattern items into matched pattern-broken items (`iclvsft circuits`; "
+            f"{exp.circuit_items} pairs from `test`/`test_broken`, the fixed demonstrations of draw 1). The shift is "
+            "the distance of each condition's importance map from the base model's 0-shot map."
+        ),
+        "",
+    ]
+    summary: dict[str, Any] = {}
+    for task in exp.tasks:
+        icl = select_best(settings, "icl", task, label)
+        ft = select_best(settings, "ft", task, label)
+        shots = int(icl["shots"]) if icl else 0
+        checkpoint = ft.get("checkpoint") if ft else None
+        notes = []
+        if icl is None:
+            notes.append("there is no ICL result")
+        elif shots == 0:
+            notes.append("k* = 0 (ICL's best validation setting shows no demonstrations), so there is no ICL shift")
+        if ft is None:
+            notes.append("there is no FT result")
+        elif not checkpoint or not Path(checkpoint).is_dir():
+            notes.append(f"the FT milestone n*={ft['ft_samples']} is not on disk ({checkpoint})")
+            checkpoint = None
+        lines += [f"### `{task}`", ""]
+        lines += [f"Note: {note}." for note in notes] + ([""] if notes else [])
+        if not shots and checkpoint is None:
+            lines += ["Not analysed.", ""]
+            summary[task] = {"status": "not run", "notes": notes}
+            continue
+        config = CircuitsConfig(
+            model=exp.model,
+            task=task,
+            shots=shots,
+            ft_checkpoint=checkpoint,
+            items=exp.circuit_items,
+            out=str(out / "circuits" / task),
+            dtype=exp.dtype if exp.dtype in CIRCUIT_DTYPES else "float32",
+            device=exp.device,
+            seed=exp.seed,
+            sizes=exp.sizes,
+            draw=1,
+        )
+        try:
+            result = run_circuits(config, reuse=True)
+        except IclvsftError as exc:
+            lines += [f"Not analysed: {exc}.", ""]
+            summary[task] = {"status": "failed", "error": str(exc), "notes": notes}
+            continue
+        n = f", FT n*={ft['ft_samples']} ({checkpoint})" if checkpoint else ""
+        lines += [
+            (
+                f"ICL k*={shots}{n}, chosen on validation. Files: `circuits/{task}/` "
+                f"([report](circuits/{task}/report.md), `circuits.json`)."
+            ),
+            "",
+        ]
+        lines += render_section(result, link_prefix=f"circuits/{task}/", level=4)
+        summary[task] = {
+            "status": "done",
+            "result": str(out / "circuits" / task / "circuits.json"),
+            "verdict": result["verdict"],
+            "notes": notes,
+        }
+    return lines, summary

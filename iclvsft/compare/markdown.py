@@ -1,0 +1,249 @@
+"""``report.md``: the run's metadata, the verdicts, a section per task, the tokens, the circuit shift.
+
+Each task's section links its plot and states k*, n* and the verdict on each of ``VERDICT_SPLITS``;
+the tokens table says what each side consumed at its chosen setting. The circuit-shift section, when
+the run analysed it, is an input (:mod:`iclvsft.compare.circuit_section`) written last.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from iclvsft.compare.plots import plot_filename, plot_task
+from iclvsft.compare.records import (
+    CONDITION_NAMES,
+    VERDICT_SPLITS,
+    Settings,
+    ci,
+    has_condition,
+    knob,
+    ordered,
+    select_best,
+    split_rank,
+)
+from iclvsft.compare.stats import McNemarResult
+from iclvsft.compare.verdicts import ALPHA, compare, format_p
+from iclvsft_tasks.atomic import atomic_write_text
+
+
+def _acc_ci(rec: Mapping[str, Any] | None) -> str:
+    if rec is None:
+        return "–"
+    lo, hi = ci(rec)
+    if rec.get("draws"):
+        return (
+            f"{float(rec['accuracy']):.3f} [{lo:.3f}, {hi:.3f}] (mean of {len(rec['draws'])} draws, "
+            f"range {float(rec['draw_min']):.3f}–{float(rec['draw_max']):.3f}, n={int(rec['n'])})"
+        )
+    return f"{float(rec['accuracy']):.3f} [{lo:.3f}, {hi:.3f}] ({int(rec['correct'])}/{int(rec['n'])})"
+
+
+def _only(side: str, test: McNemarResult) -> str:
+    return f"only {side} got right" if test.method == "exact McNemar" else f"{side} scored higher on"
+
+
+def _tokens(value: Any) -> str:
+    return "–" if value is None else f"{int(value):,}"
+
+
+def _meta_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.1f}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_meta_value(v) for v in value)
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k}: {_meta_value(v)}" for k, v in value.items())
+    return str(value)
+
+
+_META_LABELS = (
+    ("model", "model"),
+    ("tasks", "tasks"),
+    ("seed", "data seed"),
+    ("split_sizes", "split sizes"),
+    ("machine", "machine"),
+    ("date", "date"),
+    ("command", "command line"),
+    ("wall_time_s", "wall time (s)"),
+)
+
+
+def _render_meta(meta: Mapping[str, Any]) -> list[str]:
+    lines = []
+    done = set()
+    for key, label in _META_LABELS:
+        if key in meta:
+            done.add(key)
+            value = meta[key]
+            if key == "command":
+                text = shlex.join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+                lines.append(f"- **{label}**: `{text}`")
+            else:
+                lines.append(f"- **{label}**: {_meta_value(value)}")
+    # Either name: the run stores them as split_fingerprints ({task: {split: hash}}).
+    fp_key = "fingerprints" if "fingerprints" in meta else "split_fingerprints"
+    fingerprints = meta.get(fp_key)
+    done.add(fp_key)
+    for key in sorted(k for k in meta if k not in done):
+        lines.append(f"- **{key.replace('_', ' ')}**: {_meta_value(meta[key])}")
+    if isinstance(fingerprints, Mapping) and fingerprints:
+        lines += ["", "Split fingerprints (hash of each split's content; every result stores its own):", ""]
+        if all(isinstance(v, Mapping) for v in fingerprints.values()):
+            splits = sorted({s for v in fingerprints.values() for s in v}, key=split_rank)
+            lines.append("| task | " + " | ".join(splits) + " |")
+            lines.append("|---|" + "---|" * len(splits))
+            for task, per_split in fingerprints.items():
+                lines.append(f"| `{task}` | " + " | ".join(f"`{per_split.get(s, '–')}`" for s in splits) + " |")
+        else:
+            lines += [f"- `{k}`: `{_meta_value(v)}`" for k, v in fingerprints.items()]
+    elif fingerprints:
+        lines.append(f"- **fingerprints**: {_meta_value(fingerprints)}")
+    return lines
+
+
+def write_report(
+    settings: Settings,
+    out_dir: str | os.PathLike[str],
+    meta: Mapping[str, Any],
+    base_dir: str | os.PathLike[str] | None = None,
+    plots: bool = True,
+    circuit_section: Sequence[str] = (),
+) -> Path:
+    """Write the plots (``plots/*.png``) and ``report.md`` under ``out_dir``; return the report path.
+
+    Prediction paths in the records are relative to ``base_dir`` (default ``out_dir``). With
+    ``plots=False`` the images are linked but not drawn (the caller has written them with
+    :func:`~iclvsft.compare.plots.plot_task` at :func:`~iclvsft.compare.plots.plot_filename`).
+    ``circuit_section``: the Markdown lines of the circuit-shift analysis
+    (:func:`~iclvsft.compare.circuit_section.run_circuit_analyses`), the report's last section.
+    """
+    out = Path(out_dir)
+    base = Path(base_dir) if base_dir is not None else out
+    meta_tasks = meta.get("tasks") or []
+    if isinstance(meta_tasks, str):
+        meta_tasks = [t for t in meta_tasks.split(",") if t]
+    tasks = ordered([str(r["task"]) for r in settings] + list(meta_tasks), list(meta_tasks))
+    models = ordered([str(r["model"]) for r in settings])
+    if not models and meta.get("model"):
+        models = [str(meta["model"])]
+    several = len(models) > 1
+
+    lines = [f"# ICL vs fine-tuning: {', '.join(models) or 'no results'}", ""]
+    lines += _render_meta(meta)
+    lines += [
+        "",
+        (
+            "k (shots) and n (fine-tuning samples) were chosen on the **validation** split, never on test: "
+            "each condition's best validation cell (ties: the cheaper setting) fixes k* and n*, and only those "
+            "two cells are compared on `test` (items where the shortcut works) and `test_broken` (items where it "
+            "fails). Accuracies are exact match with 95% Wilson intervals; the p-value is an exact two-sided "
+            "McNemar test on the same items, paired by id (with several demonstration draws: the mean over "
+            "draws, the mean of the draws' Wilson bounds, the draws' range, and McNemar's generalization to "
+            "per-item mean correctness, an exact paired sign-flip test); a side wins when it is ahead with "
+            f"p < {ALPHA}."
+        ),
+        "",
+    ]
+
+    comparisons = {(m, t, s): compare(settings, t, m, s, base) for m in models for t in tasks for s in VERDICT_SPLITS}
+
+    lines += [
+        "## Verdicts",
+        "",
+        (
+            "| model | task | split | ICL k* | ICL accuracy | FT n* | FT accuracy | "
+            "ICL-better / FT-better items | p | verdict |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (m, t, s), c in comparisons.items():
+        k = knob(c.icl_choice) if c.icl_choice else "–"
+        n = knob(c.ft_choice) if c.ft_choice else "–"
+        disc = f"{c.mcnemar.b01} / {c.mcnemar.b10}" if c.mcnemar else "–"
+        p = format_p(c.mcnemar.p_value) if c.mcnemar else "–"
+        lines.append(
+            f"| {m} | `{t}` | {s} | {k} | {_acc_ci(c.icl)} | {n} | {_acc_ci(c.ft)} | {disc} | {p} | {c.verdict} |"
+        )
+    lines.append("")
+
+    for m in models:
+        for t in tasks:
+            lines += [f"## `{t}`" + (f" — {m}" if several else ""), ""]
+            if not any(r["task"] == t and r["model"] == m for r in settings):
+                lines += ["No results for this task.", ""]
+                continue
+            rel = plot_filename(t, m, several)
+            if plots:
+                plot_task(settings, t, m, out / rel)
+            lines += [f"![{t}: accuracy vs shots (ICL) and vs fine-tuning samples (FT)]({rel})", ""]
+            for cond, symbol in (("icl", "k*"), ("ft", "n*")):
+                choice = select_best(settings, cond, t, m)
+                name = CONDITION_NAMES[cond]
+                if choice is None:
+                    why = "no results" if not has_condition(settings, cond, t, m) else "no validation cells"
+                    lines.append(f"- {name}: {why} for this task, so it is not compared.")
+                else:
+                    lines.append(
+                        f"- {name}: {symbol}={knob(choice)} chosen on validation "
+                        f"(validation accuracy {_acc_ci(choice)})."
+                    )
+            lines.append("")
+            for s in VERDICT_SPLITS:
+                c = comparisons[(m, t, s)]
+                lines.append(f"**{s}**: {c.verdict}.")
+                if c.icl is not None or c.ft is not None:
+                    lines.append(
+                        f"ICL {_acc_ci(c.icl)} vs FT {_acc_ci(c.ft)}"
+                        + (
+                            f"; {c.mcnemar.b01} items {_only('ICL', c.mcnemar)}, {c.mcnemar.b10} "
+                            f"{_only('FT', c.mcnemar)} (of {c.mcnemar.n} paired; {c.mcnemar.method})."
+                            if c.mcnemar
+                            else "."
+                        )
+                    )
+                if c.note and c.mcnemar is not None:
+                    lines.append(f"Note: {c.note}.")
+                lines.append("")
+
+    lines += [
+        "## Tokens",
+        "",
+        (
+            "What each side consumed for its chosen setting: ICL pays in prompt tokens at every "
+            "evaluation (k* demonstrations per item); FT pays once in training tokens, then evaluates 0-shot."
+        ),
+        "",
+        (
+            "| model | task | ICL k* | ICL prompt tokens (test) | FT n* | FT training tokens | "
+            "FT prompt tokens (test) | FT total |"
+        ),
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for m in models:
+        for t in tasks:
+            c = comparisons.get((m, t, "test"))
+            if c is None or (c.icl_choice is None and c.ft_choice is None):
+                continue
+            icl_tok = c.icl.get("prompt_tokens") if c.icl else None
+            train_tok = ft_eval_tok = None
+            if c.ft_choice is not None:
+                train_tok = (c.ft or c.ft_choice).get("train_tokens")
+                ft_eval_tok = c.ft.get("prompt_tokens") if c.ft else None
+            total = (int(train_tok) + int(ft_eval_tok)) if train_tok is not None and ft_eval_tok is not None else None
+            k = knob(c.icl_choice) if c.icl_choice else "–"
+            n = knob(c.ft_choice) if c.ft_choice else "–"
+            lines.append(
+                f"| {m} | `{t}` | {k} | {_tokens(icl_tok)} | {n} | {_tokens(train_tok)} | "
+                f"{_tokens(ft_eval_tok)} | {_tokens(total)} |"
+            )
+    lines.append("")
+    text = "\n".join(lines)
+    if circuit_section:  # after a blank line, ending in one newline
+        text = text.rstrip("\n") + "\n\n" + "\n".join(circuit_section).rstrip("\n") + "\n"
+    path = out / "report.md"
+    atomic_write_text(path, text)
+    return path
