@@ -33,7 +33,7 @@ from typing import Any
 import yaml
 
 from iclvsft_tasks.atomic import atomic_open, atomic_write_text
-from iclvsft_tasks.cliutil import default_threads
+from iclvsft_tasks.cliutil import default_threads, flag_value
 from iclvsft_tasks.errors import IclvsftError
 from iclvsft_train.data import DataOptions, build_records, split_fingerprints, write_records
 
@@ -116,17 +116,6 @@ def merge_configs(*layers: dict[str, Any]) -> dict[str, Any]:
 
 def _flag_name(token: str) -> str:
     return token.split("=", 1)[0]
-
-
-def flag_value(argv: Sequence[str], name: str) -> str | None:
-    """Value of ``--name V`` or ``--name=V`` in ``argv`` (the last one wins)."""
-    value = None
-    for i, token in enumerate(argv):
-        if token == name and i + 1 < len(argv):
-            value = argv[i + 1]
-        elif token.startswith(name + "="):
-            value = token.split("=", 1)[1]
-    return value
 
 
 def normalize_passthrough(argv: Sequence[str]) -> list[str]:
