@@ -30,6 +30,21 @@ def run_cli(prog: str, body: Callable[[Sequence[str]], int], argv: Sequence[str]
         return 130
 
 
+def flag_value(argv: Sequence[str], *names: str) -> str | None:
+    """The value argparse would give the flag spelled any of ``names``: ``--x V`` or ``--x=V``, the last one wins.
+
+    For argument lists we pass on without parsing them (to ``trl sft``, to lm-eval).
+    """
+    value = None
+    for i, token in enumerate(argv):
+        for name in names:
+            if token == name and i + 1 < len(argv):
+                value = argv[i + 1]
+            elif token.startswith(name + "="):
+                value = token.split("=", 1)[1]
+    return value
+
+
 def default_threads() -> int:
     """Torch threads for CPU work: one core left for the OS and data loading.
 

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from iclvsft_tasks.atomic import atomic_write_dir
+from iclvsft_tasks.cliutil import flag_value, run_cli
 from iclvsft_tasks.errors import IclvsftError
 from iclvsft_tasks.lm_eval_glue import register_backend, tasks_dir
 
@@ -32,16 +33,6 @@ _SUBCOMMANDS = ("run", "ls", "validate")
 REGISTERED_DIR = "iclvsft"
 _STAMP = "iclvsft_registered.json"
 _SHOT_VARIANT = re.compile(r"_(\d+)shot$")
-
-
-def _flag_value(argv: Sequence[str], *names: str) -> str | None:
-    for i, arg in enumerate(argv):
-        for name in names:
-            if arg == name and i + 1 < len(argv):
-                return argv[i + 1]
-            if arg.startswith(name + "="):
-                return arg.split("=", 1)[1]
-    return None
 
 
 def _has_flag(argv: Sequence[str], *names: str) -> bool:
@@ -63,7 +54,7 @@ def _requested_tasks(argv: Sequence[str]) -> list[str]:
 
 def num_fewshot_warnings(argv: Sequence[str]) -> list[str]:
     """Warnings for ``--num_fewshot`` given together with our fixed-shot variants or groups."""
-    value = _flag_value(argv, "--num_fewshot", "-f")
+    value = flag_value(argv, "--num_fewshot", "-f")
     if value is None:
         return []
     ours = _our_names()
@@ -260,8 +251,6 @@ def _main(argv: Sequence[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from iclvsft_tasks.cliutil import run_cli
-
     return run_cli(PROG, _main, argv)
 
 

@@ -20,6 +20,7 @@ from iclvsft_tasks.prompts import TARGET_DELIMITER
 from iclvsft_tasks.tasks.registry import TASKS
 from iclvsft_train import launch
 from iclvsft_train.data import DataOptions, build_records
+from iclvsft_train.run_state import TrainingRun
 
 BIN = Path(sys.executable).parent
 SIZES = {
@@ -228,6 +229,12 @@ def test_trl_sft_run_writes_milestones_that_lm_eval_scores(tiny_llama, tmp_path,
         assert manifest["milestones"][str(samples)]["path"] == str(milestone)
         assert json.loads((milestone / "trainer_state.json").read_text())["global_step"] == step
         assert not (milestone / "optimizer.pt").exists()
+    folder = TrainingRun.load(out)  # what iclvsft compare reads back
+    assert [(m.samples, m.step, m.path) for m in folder.milestones] == [
+        (n, n // 4, out / "milestones" / f"samples-{n}") for n in (24, 48, 96)
+    ]
+    assert all(m.adapter == (recipe == "lora") for m in folder.milestones) and folder.logging_steps == 6
+    assert 0 < folder.milestone(24).training_tokens() < folder.milestone(96).training_tokens()
     losses = _losses(out / "milestones" / "samples-96")
     assert losses[-1] < losses[0], losses
     is_lora = recipe == "lora"
@@ -275,16 +282,17 @@ def test_a_killed_run_resumes_to_the_same_samples_seen(tiny_llama, tmp_path):
     )
     deadline = time.time() + 300
     try:
-        while time.time() < deadline and not launch.complete_checkpoints(out):
+        while time.time() < deadline and not TrainingRun.load(out).complete_checkpoints():
             assert process.poll() is None, process.stderr.read()[-2000:]
             time.sleep(0.05)
     finally:
         os.killpg(process.pid, signal.SIGKILL)  # kill -9, child processes included
         process.wait()
-    first = launch.complete_checkpoints(out)
+    first = TrainingRun.load(out).complete_checkpoints()
     assert first, "no checkpoint appeared"
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "running"
+    assert TrainingRun.load(out).can_resume
     assert _train(args).returncode == 2  # the folder holds a run: a plain rerun is refused
     proc = _train([*args, "--resume"])
     assert proc.returncode == 0, proc.stderr[-3000:]

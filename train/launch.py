@@ -33,16 +33,22 @@ from typing import Any
 import yaml
 
 from iclvsft_tasks.atomic import atomic_open, atomic_write_text
-from iclvsft_tasks.cliutil import default_threads
+from iclvsft_tasks.cliutil import default_threads, flag_value
 from iclvsft_tasks.errors import IclvsftError
 from iclvsft_train.data import DataOptions, build_records, split_fingerprints, write_records
+from iclvsft_train.run_state import (
+    DATA_DIR,
+    ITEMS_FILE,
+    MANIFEST,
+    MILESTONES_DIR,
+    RESOLVED,
+    RunStatus,
+    TrainingRun,
+    milestone_interval,
+    read_trainer_state,
+)
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
-MANIFEST = "manifest.json"
-RESOLVED = "resolved.yaml"
-DATA_DIR = "data"
-ITEMS_FILE = "training_items.jsonl"
-MILESTONES_DIR = "milestones"
 #: Keys this wrapper derives; a user setting them would silently break the sample accounting.
 DERIVED_KEYS = (
     "dataset_name",
@@ -116,17 +122,6 @@ def merge_configs(*layers: dict[str, Any]) -> dict[str, Any]:
 
 def _flag_name(token: str) -> str:
     return token.split("=", 1)[0]
-
-
-def flag_value(argv: Sequence[str], name: str) -> str | None:
-    """Value of ``--name V`` or ``--name=V`` in ``argv`` (the last one wins)."""
-    value = None
-    for i, token in enumerate(argv):
-        if token == name and i + 1 < len(argv):
-            value = argv[i + 1]
-        elif token.startswith(name + "="):
-            value = token.split("=", 1)[1]
-    return value
 
 
 def normalize_passthrough(argv: Sequence[str]) -> list[str]:
@@ -267,7 +262,7 @@ def plan_schedule(
     # Checkpoints every gcd of the milestone steps land on every milestone (the trainer also saves at
     # the last step); the ones in between are resume points, deleted when the run ends. Without
     # milestones, resume points fall about every tenth of the run.
-    save_steps = math.gcd(*steps.values()) if steps else max(1, math.ceil(max_steps / 10))
+    save_steps = milestone_interval(steps.values()) or max(1, math.ceil(max_steps / 10))
     return Schedule(batch, max_steps, steps, save_steps)
 
 
@@ -313,7 +308,7 @@ def check_output_dir(output_dir: Path, resume: bool) -> None:
         raise IclvsftError(f"--output_dir {output_dir} exists and is not a directory")
     if resume:
         return
-    if output_dir.is_dir() and any(output_dir.iterdir()) and not _only_prepared(output_dir):
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not TrainingRun.load(output_dir).only_prepared:
         what = "a run" if (output_dir / MANIFEST).exists() else "files"
         raise IclvsftError(
             f"--output_dir {output_dir} already holds {what}; add --resume to continue "
@@ -322,25 +317,6 @@ def check_output_dir(output_dir: Path, resume: bool) -> None:
     probe_parent = output_dir if output_dir.is_dir() else next(p for p in output_dir.parents if p.exists())
     if not probe_parent.is_dir() or not os.access(probe_parent, os.W_OK | os.X_OK):
         raise IclvsftError(f"--output_dir {output_dir} is not writable ({probe_parent} is not a writable directory)")
-
-
-def _only_prepared(output_dir: Path) -> bool:
-    """A folder left by --dry-run: prepared, never trained, so it may be prepared again."""
-    try:
-        status = json.loads((output_dir / MANIFEST).read_text(encoding="utf-8")).get("status")
-    except (OSError, ValueError):
-        return False
-    return status == "prepared" and not any(output_dir.glob("checkpoint-*"))
-
-
-def complete_checkpoints(output_dir: Path) -> list[Path]:
-    """Checkpoints that finished writing (the trainer writes trainer_state.json last), oldest first."""
-    found = []
-    for path in output_dir.glob("checkpoint-*"):
-        suffix = path.name.split("-", 1)[1]
-        if path.is_dir() and suffix.isdigit() and (path / "trainer_state.json").is_file():
-            found.append((int(suffix), path))
-    return [p for _, p in sorted(found)]
 
 
 def _versions() -> dict[str, str]:
@@ -372,10 +348,11 @@ def prepare(options: TrainOptions) -> dict[str, Any]:
     check_output_dir(output_dir, options.resume)
     previous: dict[str, Any] | None = None
     if options.resume:
-        if not (output_dir / MANIFEST).is_file():
+        earlier = TrainingRun.load(output_dir)
+        if earlier.status is RunStatus.ABSENT:
             raise IclvsftError(f"nothing to resume in {output_dir}: no {MANIFEST} from an earlier iclvsft-train run")
-        previous = json.loads((output_dir / MANIFEST).read_text(encoding="utf-8"))
-        if previous.get("status") == "complete":
+        previous = dict(earlier.manifest)
+        if earlier.status is RunStatus.COMPLETE:
             raise IclvsftError(f"nothing to resume in {output_dir}: that run already completed")
     check_model(options.model)
 
@@ -432,7 +409,7 @@ def prepare(options: TrainOptions) -> dict[str, Any]:
     )
 
     manifest = {
-        "status": "prepared",
+        "status": RunStatus.PREPARED.value,
         "tasks": list(data.tasks),
         "samples": options.samples,
         "samples_per_task": data.per_task(),
@@ -494,9 +471,10 @@ def trl_command(output_dir: Path, passthrough: Sequence[str], resume_from: Path 
     return cmd
 
 
-def finalize_milestones(output_dir: Path, manifest: dict[str, Any]) -> None:
+def finalize_milestones(folder: TrainingRun, manifest: dict[str, Any]) -> None:
     """Keep the checkpoints at milestone steps as ``milestones/samples-<n>``; drop the other ones."""
-    by_step = {int(p.name.split("-")[1]): p for p in complete_checkpoints(output_dir)}
+    output_dir = folder.directory
+    by_step = {int(p.name.split("-")[1]): p for p in folder.complete_checkpoints()}
     for samples, entry in manifest["milestones"].items():
         target = output_dir / MILESTONES_DIR / f"samples-{samples}"
         if not target.is_dir():
@@ -508,7 +486,7 @@ def finalize_milestones(output_dir: Path, manifest: dict[str, Any]) -> None:
         for name in _RESUME_ONLY_FILES:
             (target / name).unlink(missing_ok=True)
         entry["path"] = str(target)
-    for leftover in output_dir.glob("checkpoint-*"):
+    for leftover in folder.checkpoint_folders():
         shutil.rmtree(leftover, ignore_errors=True)
 
 
@@ -516,10 +494,11 @@ def run(options: TrainOptions) -> int:
     """The whole run; returns trl's exit code (0 on success)."""
     manifest = prepare(options)
     output_dir = options.output_dir
+    folder = TrainingRun.load(output_dir)  # for its checkpoints: this function writes the manifest itself
     resume_from = None
     if options.resume:
-        checkpoints = complete_checkpoints(output_dir)
-        for partial in output_dir.glob("checkpoint-*"):
+        checkpoints = folder.complete_checkpoints()
+        for partial in folder.checkpoint_folders():
             if partial not in checkpoints:
                 shutil.rmtree(partial, ignore_errors=True)  # killed while saving: useless
         if not checkpoints:
@@ -530,7 +509,7 @@ def run(options: TrainOptions) -> int:
     if options.dry_run:
         print(" ".join(cmd))
         return 0
-    manifest["status"] = "running"
+    manifest["status"] = RunStatus.RUNNING.value
     _write_manifest(output_dir, manifest)
     print(
         f"iclvsft-train: {manifest['samples']} samples of {', '.join(manifest['tasks'])}, "
@@ -548,7 +527,7 @@ def run(options: TrainOptions) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if code != 0:
-        manifest["status"] = "failed"
+        manifest["status"] = RunStatus.FAILED.value
         manifest["exit_code"] = code
         _write_manifest(output_dir, manifest)
         print(
@@ -556,10 +535,10 @@ def run(options: TrainOptions) -> int:
             file=sys.stderr,
         )
         return code
-    checkpoints = complete_checkpoints(output_dir)
-    last_state = json.loads((checkpoints[-1] / "trainer_state.json").read_text()) if checkpoints else {}
-    finalize_milestones(output_dir, manifest)
-    manifest["status"] = "complete"
+    checkpoints = folder.complete_checkpoints()
+    last_state = read_trainer_state(checkpoints[-1]) if checkpoints else {}
+    finalize_milestones(folder, manifest)
+    manifest["status"] = RunStatus.COMPLETE.value
     manifest["final_model"] = str(output_dir)
     manifest["global_step"] = last_state.get("global_step")
     manifest["samples_seen"] = (last_state.get("global_step") or 0) * manifest["effective_batch"]

@@ -19,14 +19,13 @@ import dataclasses
 import datetime
 import hashlib
 import json
-import math
 import os
 import platform
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from iclvsft.compare.config import Experiment
 from iclvsft.compare.records import HELD_OUT_SPLITS
@@ -36,6 +35,9 @@ from iclvsft_tasks.data.splits import SplitSpec, fingerprints
 from iclvsft_tasks.demos import fixed_demo_ids
 from iclvsft_tasks.errors import IclvsftError
 from iclvsft_tasks.lm_eval_configs import SHOTS, variant_name
+
+if TYPE_CHECKING:  # the training add-on is an optional extra, imported where a fine-tune needs it
+    from iclvsft_train.run_state import TrainingRun
 
 #: Backends built on lm-eval's HFLM (same arguments; ours adds shared-prefix KV reuse).
 HF_BACKENDS = ("iclvsft-hf", "hf")
@@ -310,64 +312,48 @@ def _train_options(exp: Experiment, model_path: str, training: Training, extra: 
     )
 
 
-def _training_status(training: Training) -> str:
-    manifest = training.directory / "manifest.json"
-    if not manifest.is_file():
-        return "absent"
-    try:
-        return json.loads(manifest.read_text()).get("status", "absent")
-    except ValueError:
-        return "absent"
-
-
 def plan_training(exp: Experiment, model_path: str, training: Training) -> list[str]:
     """Check a fine-tune's settings (iclvsft-train's own checks) and return its logging flags.
 
-    Logging at every gcd of the milestone steps makes TRL record the exact token count at each
-    milestone. Runs before any evaluation, so a bad --ft-samples fails in seconds, not hours.
+    Runs before any evaluation, so a bad --ft-samples fails in seconds, not hours.
     """
     from iclvsft_train import launch
+    from iclvsft_train.run_state import RunStatus, TrainingRun
 
-    status = _training_status(training)
-    if status == "complete":
+    folder = TrainingRun.load(training.directory)
+    if folder.status is RunStatus.COMPLETE:
         return []
-    if status in ("running", "failed") and launch.complete_checkpoints(training.directory):
-        manifest = json.loads((training.directory / "manifest.json").read_text())
-        return _logging_flags(manifest)
-    if training.directory.exists() and status not in ("prepared", "absent"):
+    if folder.can_resume:
+        return _logging_flags(folder)
+    if training.directory.exists() and folder.status not in (RunStatus.PREPARED, RunStatus.ABSENT):
         import shutil
 
         shutil.rmtree(training.directory)  # interrupted before its first checkpoint: start over
-    manifest = launch.prepare(_train_options(exp, model_path, training))
-    return _logging_flags(manifest)
+    launch.prepare(_train_options(exp, model_path, training))
+    return _logging_flags(TrainingRun.load(training.directory))
 
 
-def _logging_flags(manifest: dict[str, Any]) -> list[str]:
-    steps = [entry["step"] for entry in manifest["milestones"].values()]
-    return ["--logging_steps", str(math.gcd(*steps))] if steps else []
+def _logging_flags(folder: TrainingRun) -> list[str]:
+    """TRL logging at every milestone step, so that it records the token count at each milestone."""
+    steps = folder.logging_steps
+    return ["--logging_steps", str(steps)] if steps else []
 
 
-def ensure_trained(exp: Experiment, model_path: str, training: Training, logging: list[str]) -> dict[str, Any]:
+def ensure_trained(exp: Experiment, model_path: str, training: Training, logging: list[str]) -> TrainingRun:
+    """The finished fine-tune: trained now, resumed, or found complete."""
     from iclvsft_train import launch
+    from iclvsft_train.run_state import RunStatus, TrainingRun
 
-    status = _training_status(training)
-    if status != "complete":
+    folder = TrainingRun.load(training.directory)
+    if folder.status is not RunStatus.COMPLETE:
         options = _train_options(exp, model_path, training, logging)
-        options.resume = status in ("running", "failed") and bool(launch.complete_checkpoints(training.directory))
+        options.resume = folder.can_resume
         code = launch.run(options)
         if code != 0:
             raise IclvsftError(
                 f"fine-tuning {training.name} failed (trl sft exit status {code}); rerun the same command to resume it"
             )
-    return json.loads((training.directory / "manifest.json").read_text())
-
-
-def milestone_tokens(manifest: dict[str, Any], samples: int) -> int:
-    """Training tokens (non-padding) processed up to a milestone, from TRL's logged ``num_tokens``."""
-    entry = manifest["milestones"][str(samples)]
-    state = json.loads((Path(entry["path"]) / "trainer_state.json").read_text())
-    logged = [h for h in state.get("log_history", []) if "num_tokens" in h and h.get("step", 0) <= entry["step"]]
-    return int(float(logged[-1]["num_tokens"])) if logged else 0
+    return TrainingRun.load(training.directory)
 
 
 def run_compare(
@@ -463,14 +449,15 @@ def run_compare(
             if not ft_todo:
                 continue
             bar.set_postfix_str(f"training {training.name}")
-            manifest = ensure_trained(exp, model_path, training, logging_flags.get(training.name, []))
+            trained = ensure_trained(exp, model_path, training, logging_flags.get(training.name, []))
             for samples in exp.ft_samples:
                 milestone_cells = [c for c in ft_todo if c.ft_samples == samples]
                 if not milestone_cells:
                     continue
-                path = manifest["milestones"][str(samples)]["path"]
-                lm = load_lm(exp, model_path, adapter=path) if manifest["peft"] else load_lm(exp, path)
-                tokens = milestone_tokens(manifest, samples)
+                milestone = trained.milestone(samples)
+                path = str(milestone.path)
+                lm = load_lm(exp, model_path, adapter=path) if milestone.adapter else load_lm(exp, path)
+                tokens = milestone.training_tokens()
                 for cell in milestone_cells:
                     bar.set_postfix_str(f"FT {cell.task} n={samples} {cell.split}")
                     finish(cell, lm, {"train_tokens": tokens, "checkpoint": path})

@@ -1,0 +1,44 @@
+"""The one reader of flags in argument lists we pass on unparsed: argparse's answer, for every caller."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from iclvsft_tasks import eval_cli
+from iclvsft_tasks.cliutil import flag_value
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["--num_fewshot", "3"],
+        ["--num_fewshot=3"],
+        ["-f", "2"],
+        ["-f=2"],
+        ["--num_fewshot", "3", "-f", "5"],
+        ["-f", "5", "--num_fewshot=3"],
+        ["--num_fewshot=1", "--tasks", "x", "--num_fewshot", "4"],
+        ["--num_fewshot=a=b"],
+    ],
+)
+def test_flag_value_agrees_with_argparse(argv):
+    parser = argparse.ArgumentParser(allow_abbrev=False)
+    parser.add_argument("--num_fewshot", "-f")
+    parser.add_argument("--tasks")
+    assert flag_value(argv, "--num_fewshot", "-f") == parser.parse_args(argv).num_fewshot
+
+
+def test_flag_value_ignores_lookalikes_and_a_missing_value():
+    assert flag_value(["--num_fewshots", "3", "--num_fewshot_x=2"], "--num_fewshot") is None
+    assert flag_value(["--num_processes"], "--num_processes") is None
+    assert flag_value(["--num_processes", "2", "--num_processes"], "--num_processes") == "2"
+
+
+@pytest.mark.parametrize("argv", [["--num_fewshot", "5"], ["--num_fewshot=5"], ["-f", "5"], ["-f=5"]])
+def test_eval_cli_reads_a_single_num_fewshot_in_every_spelling(argv):
+    warnings = eval_cli.num_fewshot_warnings(["--tasks", "parity_pattern_4shot", *argv])
+    assert len(warnings) == 1 and "--num_fewshot 5 given: parity_pattern_4shot runs at 5 shots, not 4" in warnings[0]
+    assert eval_cli.num_fewshot_warnings(["--tasks", "parity_pattern_4shot"]) == []
