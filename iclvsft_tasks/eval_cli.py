@@ -24,7 +24,7 @@ from pathlib import Path
 
 from iclvsft_tasks.atomic import atomic_write_dir
 from iclvsft_tasks.cliutil import flag_value, run_cli
-from iclvsft_tasks.errors import IclvsftError
+from iclvsft_tasks.errors import IclvsftError, one_line
 from iclvsft_tasks.lm_eval_glue import register_backend, tasks_dir
 
 PROG = "iclvsft-eval"
@@ -219,8 +219,7 @@ def _one_line_model_errors() -> None:
             try:
                 return _original(cls, args, additional_config)
             except Exception as exc:
-                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                raise IclvsftError(f"cannot create model {cls.__name__} from --model_args: {first}") from None
+                raise IclvsftError(f"cannot create model {cls.__name__} from --model_args: {one_line(exc)}") from None
 
         setattr(LM, name, classmethod(create))
 

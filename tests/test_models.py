@@ -254,6 +254,17 @@ def test_resolve_alias_converts_once_then_reuses(fake_model, cache, conversions,
     assert row["cached"] == first and row["aliases"] == ["tiny-default"] and row["license"] == "Apache-2.0"
 
 
+def test_load_model_resolves_an_alias(fake_model, cache, conversions):
+    import torch
+
+    model, tokenizer = models.load_model("tiny-default", progress=False)
+    assert tokenizer.name_or_path == str(cache / "models" / "tiny-float32") and len(conversions) == 1
+    assert not model.training and model.dtype == torch.float32
+    assert _logits(model, tokenizer).shape[-1] == model.config.vocab_size
+    with pytest.raises(IclvsftError, match=r"^unknown dtype 'fp8'"):
+        models.load_model("tiny", dtype="fp8")
+
+
 def test_stale_or_partial_cache_is_redone(fake_model, cache, conversions):
     target = cache / "models" / "tiny-float32"
     target.mkdir(parents=True)

@@ -34,7 +34,7 @@ import yaml
 
 from iclvsft_tasks.atomic import atomic_open, atomic_write_text
 from iclvsft_tasks.cliutil import default_threads, flag_value
-from iclvsft_tasks.errors import IclvsftError
+from iclvsft_tasks.errors import IclvsftError, one_line
 from iclvsft_train.data import DataOptions, build_records, split_fingerprints, write_records
 from iclvsft_train.run_state import (
     DATA_DIR,
@@ -75,7 +75,7 @@ def load_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
     except OSError as exc:
         raise IclvsftError(f"cannot read {what} {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
-        raise IclvsftError(f"{what} {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise IclvsftError(f"{what} {path} is not valid YAML: {one_line(exc)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -171,7 +171,7 @@ def parse_trl(config_path: Path, passthrough: Sequence[str]) -> tuple[Any, Any, 
                 ["--config", str(config_path), *passthrough], return_remaining_strings=True
             )
     except (ValueError, TypeError) as exc:
-        raise IclvsftError(f"trl sft rejects the configuration: {str(exc).splitlines()[0]}") from None
+        raise IclvsftError(f"trl sft rejects the configuration: {one_line(exc)}") from None
     except SystemExit:
         raise IclvsftError("trl sft rejects the flags (see the message above)") from None
     finally:
@@ -299,8 +299,7 @@ def check_model(model: str) -> None:
             warnings.simplefilter("ignore")
             AutoConfig.from_pretrained(str(path) if looks_local else model)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise IclvsftError(f"cannot load model {model}: {first}") from None
+        raise IclvsftError(f"cannot load model {model}: {one_line(exc)}") from None
 
 
 def check_output_dir(output_dir: Path, resume: bool) -> None:

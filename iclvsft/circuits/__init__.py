@@ -10,8 +10,8 @@ attention heads and MLP layers more than fine-tuning does. This package measures
 
 Layout: ``pairs`` (clean/corrupt items and the metric's tokens), ``patching`` (hooks, attribution
 and activation patching), ``shift`` (importance maps, distances, bootstrap, Spearman), ``plots``,
-``report``, ``run`` (conditions, model loading, outputs). Plain PyTorch hooks on transformers
-modules; no TransformerLens.
+``report``, ``run`` (conditions and outputs; models load through ``iclvsft_train.checkpoints``).
+Plain PyTorch hooks on transformers modules; no TransformerLens.
 """
 
 from iclvsft.circuits.pairs import Pair, answer_tokens, build_pair, make_pairs
@@ -26,8 +26,6 @@ from iclvsft.circuits.patching import (
 from iclvsft.circuits.run import (
     CircuitsConfig,
     check_architecture,
-    checkpoint_kind,
-    load_model,
     run_circuits,
     score_condition,
 )
@@ -44,10 +42,8 @@ __all__ = [
     "bootstrap_shift",
     "build_pair",
     "check_architecture",
-    "checkpoint_kind",
     "components",
     "importance_map",
-    "load_model",
     "make_pairs",
     "metric",
     "run_circuits",

@@ -49,9 +49,9 @@ from iclvsft_tasks.cliutil import pin_cpu_threads, resolve_device
 from iclvsft_tasks.data.splits import SplitSpec
 from iclvsft_tasks.errors import IclvsftError
 from iclvsft_tasks.tasks.registry import get_task
+from iclvsft_train.checkpoints import DTYPES, checkpoint_kind, load_causal_lm, load_config, load_tokenizer
 
 METHODS = ("attribution", "activation")
-DTYPES = ("float32", "bfloat16", "float16")
 #: Config fields an FT checkpoint must share with the base model.
 ARCH_FIELDS = ("model_type", "num_hidden_layers", "num_attention_heads", "hidden_size", "vocab_size")
 RESULT_FILE = "circuits.json"
@@ -116,22 +116,6 @@ class CircuitsConfig:
 # --------------------------------------------------------------------------- models
 
 
-def checkpoint_kind(path: str | os.PathLike[str]) -> str:
-    """``"adapter"`` (holds adapter_config.json) or ``"full"`` (config.json); else an IclvsftError."""
-    p = Path(path)
-    if not p.exists():
-        raise IclvsftError(f"fine-tuned checkpoint {path} does not exist")
-    if not p.is_dir():
-        raise IclvsftError(f"fine-tuned checkpoint {path} is not a directory")
-    if (p / "adapter_config.json").is_file():
-        return "adapter"
-    if (p / "config.json").is_file():
-        return "full"
-    raise IclvsftError(
-        f"fine-tuned checkpoint {path} holds neither config.json (a model) nor adapter_config.json (a LoRA adapter)"
-    )
-
-
 def _text_config(config: Any) -> Any:
     return getattr(config, "text_config", None) or config
 
@@ -149,41 +133,6 @@ def check_architecture(base: Any, other: Any, where: str) -> None:
             f"checkpoint {where} has another architecture than the base model "
             f"({'; '.join(diffs)} in the base); give a fine-tune of the base model"
         )
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-
-
-def _load_config(path: str) -> Any:
-    from transformers import AutoConfig
-
-    try:
-        return AutoConfig.from_pretrained(path)
-    except Exception as exc:
-        raise IclvsftError(f"cannot read the model config in {path}: {_one_line(exc)}") from None
-
-
-def load_model(path: str, dtype: str = "float32", device: str = "cpu", adapter: str | None = None) -> Any:
-    """The model in ``path`` (with the LoRA ``adapter`` merged in), in eval mode on ``device``."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
-    except Exception as exc:
-        raise IclvsftError(f"cannot load model {path}: {_one_line(exc)}") from None
-    if adapter is not None:
-        try:
-            from peft import PeftModel
-
-            model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
-        except ImportError:
-            raise IclvsftError("a LoRA checkpoint needs peft: pip install 'iclvsft[train]'") from None
-        except Exception as exc:
-            raise IclvsftError(f"cannot apply adapter {adapter} to {path}: {_one_line(exc)}") from None
-    return model.to(device).eval()
 
 
 # --------------------------------------------------------------------------- scoring
@@ -302,8 +251,6 @@ def run_circuits(config: CircuitsConfig, reuse: bool = False) -> dict[str, Any]:
     With ``reuse``, an existing ``circuits.json`` of the same settings is returned as it is.
     Every mistake a user can make is an IclvsftError, raised before any model is loaded where it can be.
     """
-    from transformers import AutoTokenizer
-
     from iclvsft.models import model_label, resolve_model
 
     started = time.perf_counter()
@@ -313,18 +260,15 @@ def run_circuits(config: CircuitsConfig, reuse: bool = False) -> dict[str, Any]:
     if config.ft_checkpoint is not None:
         ft = {"path": str(Path(config.ft_checkpoint).resolve()), "kind": checkpoint_kind(config.ft_checkpoint)}
     model_path = resolve_model(config.model)
-    base_config = _load_config(model_path)
+    base_config = load_config(model_path)
     if ft is not None and ft["kind"] == "full":
-        check_architecture(base_config, _load_config(ft["path"]), config.ft_checkpoint)
+        check_architecture(base_config, load_config(ft["path"]), config.ft_checkpoint)
     settings = settings_of(config, model_path, ft)
     if reuse:
         old = _previous(out, settings)
         if old is not None:
             return old
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model_path)
-    except Exception as exc:
-        raise IclvsftError(f"cannot load the tokenizer of {model_path}: {_one_line(exc)}") from None
+    tokenizer = load_tokenizer(model_path)
     shot_counts = [0, config.shots] if config.shots else [0]
     pairs = make_pairs(config.task, tokenizer, shot_counts, config.items, config.seed, config.sizes, config.draw)
     device = resolve_device(config.device)
@@ -354,7 +298,7 @@ def run_circuits(config: CircuitsConfig, reuse: bool = False) -> dict[str, Any]:
         conditions[name] = {"label": label, "model": "fine-tuned" if name == "ft" else "base", "shots": shots, **entry}
 
     start = time.perf_counter()
-    model = load_model(model_path, config.dtype, device)
+    model, _ = load_causal_lm(model_path, dtype=config.dtype, device=device)
     timing["load_base_s"] = time.perf_counter() - start
     comps = components(model)
     architecture = {
@@ -371,9 +315,9 @@ def run_circuits(config: CircuitsConfig, reuse: bool = False) -> dict[str, Any]:
     if ft is not None:
         start = time.perf_counter()
         if ft["kind"] == "adapter":
-            model = load_model(model_path, config.dtype, device, adapter=ft["path"])
+            model, _ = load_causal_lm(model_path, adapter=ft["path"], dtype=config.dtype, device=device)
         else:
-            model = load_model(ft["path"], config.dtype, device)
+            model, _ = load_causal_lm(ft["path"], dtype=config.dtype, device=device)
         check_architecture(base_config, model.config, config.ft_checkpoint)
         timing["load_ft_s"] = time.perf_counter() - start
         run("ft", model, 0)

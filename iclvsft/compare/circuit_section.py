@@ -25,7 +25,7 @@ def run_circuit_analyses(
     # Lazy: only a run with circuits on needs the circuits package.
     from iclvsft.circuits import CircuitsConfig, run_circuits
     from iclvsft.circuits.report import render_section
-    from iclvsft.circuits.run import DTYPES as CIRCUIT_DTYPES
+    from iclvsft_train.checkpoints import DTYPES as CIRCUIT_DTYPES
 
     lines = [
         "## Circuit shift",

@@ -11,15 +11,15 @@ import yaml
 from iclvsft_tasks.cliutil import parse_int_list
 from iclvsft_tasks.data.splits import MAX_SPLIT_SIZE
 from iclvsft_tasks.demos import DEFAULT_DRAWS, DEMO_MODES
-from iclvsft_tasks.errors import IclvsftError
+from iclvsft_tasks.errors import IclvsftError, one_line
 from iclvsft_tasks.tasks.registry import parse_task_list
+from iclvsft_train.checkpoints import DTYPES_OR_AUTO
 
 #: Shipped experiments (``--config demo`` works as well as a path).
 EXPERIMENTS_DIR = Path(__file__).resolve().parent / "experiments"
 #: lm-eval model backends: ours (hf + shared-prefix KV reuse), lm-eval's hf, lm-eval's vllm.
 BACKENDS = ("iclvsft-hf", "hf", "vllm")
 FT_MODES = ("per-task", "mixture")
-DTYPES = ("float32", "bfloat16", "float16", "auto")
 
 
 @dataclasses.dataclass
@@ -90,8 +90,8 @@ class Experiment:
             raise IclvsftError(f"eval_backend must be one of {', '.join(BACKENDS)}, got {self.eval_backend!r}")
         if self.ft_mode not in FT_MODES:
             raise IclvsftError(f"ft_mode must be one of {', '.join(FT_MODES)}, got {self.ft_mode!r}")
-        if self.dtype not in DTYPES:
-            raise IclvsftError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.dtype not in DTYPES_OR_AUTO:
+            raise IclvsftError(f"dtype must be one of {', '.join(DTYPES_OR_AUTO)}, got {self.dtype!r}")
         if not isinstance(self.eval_args, dict):
             raise IclvsftError("eval_args must be a mapping of model arguments")
         self.train_args = [str(a) for a in self.train_args]
@@ -168,7 +168,7 @@ def load_experiment(config: str | None, overrides: dict[str, Any]) -> Experiment
         try:
             loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:
-            raise IclvsftError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+            raise IclvsftError(f"{path} is not valid YAML: {one_line(exc)}") from None
         if not isinstance(loaded, dict):
             raise IclvsftError(f"{path} must hold a mapping of experiment settings")
         values.update({k.replace("-", "_"): v for k, v in loaded.items()})
