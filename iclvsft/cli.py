@@ -13,15 +13,16 @@ from pathlib import Path
 
 from iclvsft.compare.config import BACKENDS
 from iclvsft_tasks.atomic import atomic_open, atomic_write_dir
-from iclvsft_tasks.cliutil import OneLineParser, add_split_size_flags, positive_int, run_cli
-from iclvsft_tasks.data.splits import (
-    DEFAULT_SIZES,
-    SPLITS,
-    SplitSpec,
-    build_splits,
-    draw_splits,
-    fingerprint,
+from iclvsft_tasks.cliutil import (
+    OneLineParser,
+    add_split_size_flags,
+    data_from_flags,
+    non_negative_int,
+    positive_int,
+    run_cli,
 )
+from iclvsft_tasks.data.spec import DEFAULT_SIZES, SPLITS
+from iclvsft_tasks.data.splits import SplitSpec, build_splits, draw_splits, fingerprint
 from iclvsft_tasks.demos import DEFAULT_DRAWS, DEMO_MODES
 from iclvsft_tasks.errors import IclvsftError
 from iclvsft_tasks.tasks.registry import TASKS, get_task, parse_task_list
@@ -36,7 +37,7 @@ def _add_split_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _spec(args: argparse.Namespace, task: str) -> SplitSpec:
-    return SplitSpec.from_sizes(task, args.seed, {s: getattr(args, f"{s}_size") for s in SPLITS})
+    return data_from_flags(args, seed=args.seed).split_spec(task)
 
 
 def _progress_bar(total: int, desc: str):
@@ -191,8 +192,7 @@ def cmd_circuits(args: argparse.Namespace) -> int:
         check_items=args.check_items,
         dtype=args.dtype,
         device=args.device,
-        seed=args.seed,
-        sizes={s: getattr(args, f"{s}_size") for s in SPLITS},
+        data=data_from_flags(args, seed=args.seed),
         draw=args.draw,
         bootstrap=args.bootstrap,
         top_fraction=args.top_fraction,
@@ -219,7 +219,7 @@ def build_parser() -> OneLineParser:
     export = data_sub.add_parser("export", help="write one split of one task as JSONL or a datasets directory")
     export.add_argument("--task", required=True, help="task name (see `iclvsft tasks`)")
     export.add_argument("--split", default="test", choices=SPLITS)
-    export.add_argument("--size", type=positive_int, help="items in the exported split (default: its default size)")
+    export.add_argument("--size", type=non_negative_int, help="items in the exported split (default: its default size)")
     export.add_argument("--out", required=True, help="output file (jsonl) or directory (hf)")
     export.add_argument(
         "--format",
@@ -264,14 +264,17 @@ def build_parser() -> OneLineParser:
     cmp_.add_argument("--out", help="output folder (default runs/compare)")
     cmp_.add_argument("--dtype", choices=DTYPES_OR_AUTO)
     cmp_.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    cmp_.add_argument("--batch-size", type=positive_int)
+    # Counts that must be >= 1 are checked by Experiment, by one rule whether they come from the YAML or a flag.
+    cmp_.add_argument("--batch-size", type=non_negative_int)
     cmp_.add_argument(
         "--demos",
         choices=DEMO_MODES,
         help="fixed (default): one demonstration set per draw for every item, nested across k; "
         "per-item: lm-eval's sampling afresh for each item (the paper's protocol)",
     )
-    cmp_.add_argument("--draws", type=positive_int, help=f"fixed demonstration sets per k (default {DEFAULT_DRAWS})")
+    cmp_.add_argument(
+        "--draws", type=non_negative_int, help=f"fixed demonstration sets per k (default {DEFAULT_DRAWS})"
+    )
     cmp_.add_argument(
         "--eval-backend",
         choices=BACKENDS,
@@ -288,7 +291,7 @@ def build_parser() -> OneLineParser:
         default=None,
         help="after the comparison, run the circuit-shift analysis at k* and n* (see `iclvsft circuits`)",
     )
-    cmp_.add_argument("--circuit-items", type=positive_int, help="pairs for --circuits (default 50)")
+    cmp_.add_argument("--circuit-items", type=non_negative_int, help="pairs for --circuits (default 50)")
     cmp_.set_defaults(run=cmd_compare, takes_extra=True)
 
     circ = sub.add_parser(
@@ -300,7 +303,9 @@ def build_parser() -> OneLineParser:
     )
     circ.add_argument("--model", default="default", help="base model: built-in alias, local directory or hub id")
     circ.add_argument("--task", required=True, help="task name (see `iclvsft tasks`)")
-    circ.add_argument("--shots", type=positive_int, default=8, help="demonstrations of the ICL condition (default 8)")
+    circ.add_argument(
+        "--shots", type=non_negative_int, default=8, help="demonstrations of the ICL condition (default 8)"
+    )
     circ.add_argument(
         "--ft-checkpoint",
         help="fine-tuned model directory or LoRA adapter directory "
@@ -316,7 +321,7 @@ def build_parser() -> OneLineParser:
     )
     circ.add_argument(
         "--check-items",
-        type=positive_int,
+        type=non_negative_int,
         default=3,
         help="pairs also scored by the other method, for their Spearman correlation (default 3)",
     )

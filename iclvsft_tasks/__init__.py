@@ -2,11 +2,12 @@
 
 Public API::
 
-    from iclvsft_tasks import TASKS, get_task, SplitSpec, build_splits, fingerprints
+    from iclvsft_tasks import TASKS, get_task, DataSpec, SplitSpec, build_splits, fingerprints
     from iclvsft_tasks import render_prompt, render_completion, extract_answer
     from iclvsft_tasks import tasks_dir, task_manager      # lm-eval glue
 """
 
+from iclvsft_tasks.data.spec import DataSpec
 from iclvsft_tasks.data.splits import SPLITS, SplitSpec, build_split, build_splits, fingerprint, fingerprints
 from iclvsft_tasks.errors import IclvsftError
 from iclvsft_tasks.lm_eval_glue import task_manager, tasks_dir
@@ -19,6 +20,7 @@ __version__ = "0.1.0"
 __all__ = [
     "SPLITS",
     "TASKS",
+    "DataSpec",
     "IclvsftError",
     "SplitSpec",
     "build_split",

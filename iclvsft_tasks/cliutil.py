@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
+from iclvsft_tasks.data.spec import SPLITS, DataSpec
 from iclvsft_tasks.errors import IclvsftError
 
 
@@ -76,22 +77,26 @@ def pin_cpu_threads(device: str) -> int | None:
 
 
 def add_split_size_flags(parser: argparse.ArgumentParser, defaults: dict[str, int] | None, note: str) -> None:
-    """``--test-size --test-broken-size --validation-size --train-size`` (dest ``<split>_size``).
+    """``--test-size --test-broken-size --validation-size --train-size`` (dest ``<split>_size``,
+    read back by ``data_from_flags``).
 
     ``defaults=None`` leaves them None, for callers that layer flags over a config file.
     """
-    from iclvsft_tasks.data.splits import SPLITS
-
     group = parser.add_argument_group(f"split sizes ({note})")
     for split in SPLITS:
         default = defaults[split] if defaults else None
         group.add_argument(
             "--" + split.replace("_", "-") + "-size",
-            type=positive_int,
+            type=non_negative_int,  # an empty split is legal (e.g. no training pool for an evaluation)
             default=default,
             dest=f"{split}_size",
             help=f"default {default:,}" if default else None,
         )
+
+
+def data_from_flags(args: argparse.Namespace, seed: int) -> DataSpec:
+    """The DataSpec of the flags of ``add_split_size_flags`` (None keeps a default) and a seed."""
+    return DataSpec.from_sizes({split: getattr(args, f"{split}_size") for split in SPLITS}, seed=seed)
 
 
 def parse_int_list(text: str, what: str, allow_empty: bool = False) -> list[int]:
@@ -105,11 +110,24 @@ def parse_int_list(text: str, what: str, allow_empty: bool = False) -> list[int]
     return values
 
 
-def positive_int(text: str) -> int:
+def _int(text: str) -> int:
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0 (a count where none is legal, like a split size)."""
+    value = _int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a count that cannot be zero)."""
+    value = _int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
     return value

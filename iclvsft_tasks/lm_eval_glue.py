@@ -16,7 +16,8 @@ import importlib.util
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from iclvsft_tasks.data.splits import SPLITS, SplitSpec, build_splits
+from iclvsft_tasks.data.spec import METADATA_KEYS, METADATA_PREFIX, DataSpec, metadata_int
+from iclvsft_tasks.data.splits import SplitSpec, build_splits
 from iclvsft_tasks.demos import DEFAULT_DEMOS, DRAW_FIELD, check_draw, check_mode, demo_order
 from iclvsft_tasks.errors import IclvsftError
 from iclvsft_tasks.prompts import lm_eval_doc
@@ -25,13 +26,8 @@ if TYPE_CHECKING:
     import datasets
     from lm_eval.tasks import TaskManager
 
-PREFIX = "iclvsft_"
-#: ``--metadata`` keys we read -> SplitSpec fields.
-METADATA_KEYS: dict[str, str] = {
-    f"{PREFIX}seed": "seed",
-    **{f"{PREFIX}{split}_size": f"{split}_size" for split in SPLITS},
-}
-#: ``--metadata`` keys that choose the demonstrations (not part of the SplitSpec).
+PREFIX = METADATA_PREFIX
+#: ``--metadata`` keys that choose the demonstrations (the data keys are ``spec.METADATA_KEYS``).
 DEMO_KEYS: dict[str, str] = {f"{PREFIX}demos": "demos", f"{PREFIX}draw": "draw"}
 _DATASET_KEY = f"{PREFIX}task"
 
@@ -59,28 +55,15 @@ def tasks_dir() -> str:
     return str(Path(next(iter(spec.submodule_search_locations))).resolve())
 
 
-def _as_int(key: str, value: Any) -> int:
-    if isinstance(value, bool):
-        raise IclvsftError(f"{key} must be an integer, got {value!r}")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
-        return int(value)
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    raise IclvsftError(f"{key} must be an integer, got {value!r}")
-
-
-def spec_from_metadata(task: str, metadata: dict[str, Any]) -> SplitSpec:
-    """The SplitSpec that lm-eval metadata asks for (unprefixed keys are someone else's)."""
+def data_from_metadata(metadata: dict[str, Any]) -> DataSpec:
+    """The DataSpec that lm-eval metadata asks for (unprefixed keys are someone else's)."""
     known = {*METADATA_KEYS, *DEMO_KEYS, _DATASET_KEY}
     unknown = sorted(k for k in metadata if k.startswith(PREFIX) and k not in known)
     if unknown:
         raise IclvsftError(
             f"unknown iclvsft metadata {', '.join(unknown)}; known: {', '.join([*METADATA_KEYS, *DEMO_KEYS])}"
         )
-    fields = {METADATA_KEYS[k]: _as_int(k, v) for k, v in metadata.items() if k in METADATA_KEYS}
-    return SplitSpec(task, **fields)
+    return DataSpec.from_metadata(metadata)
 
 
 def demos_from_metadata(metadata: dict[str, Any]) -> tuple[str, int]:
@@ -89,7 +72,7 @@ def demos_from_metadata(metadata: dict[str, Any]) -> tuple[str, int]:
     draw_key = f"{PREFIX}draw"
     if draw_key not in metadata:
         return mode, 1
-    draw = check_draw(_as_int(draw_key, metadata[draw_key]), draw_key)
+    draw = check_draw(metadata_int(draw_key, metadata[draw_key]), draw_key)
     if mode != "fixed":
         raise IclvsftError(f"{draw_key} needs {PREFIX}demos=fixed (per-item demonstrations have no draws)")
     return mode, draw
@@ -102,7 +85,7 @@ def load_splits(**kwargs: Any) -> datasets.DatasetDict:
     except KeyError:
         raise IclvsftError(f"the task YAML must set dataset_kwargs.{_DATASET_KEY}") from None
     mode, draw = demos_from_metadata(kwargs)
-    return dataset_dict(spec_from_metadata(task, kwargs), draw if mode == "fixed" else None)
+    return dataset_dict(data_from_metadata(kwargs).split_spec(task), draw if mode == "fixed" else None)
 
 
 @functools.lru_cache(maxsize=32)
@@ -125,18 +108,27 @@ def dataset_dict(spec: SplitSpec, fixed_draw: int | None = None) -> datasets.Dat
     return datasets.DatasetDict(splits)
 
 
-def metadata_for(**settings: int | str | None) -> dict[str, int | str]:
-    """Prefixed lm-eval metadata, e.g. ``metadata_for(seed=1, test_size=100, demos="fixed", draw=2)``;
-    None keeps a default."""
+def metadata_for(data: DataSpec | None = None, **settings: int | str | None) -> dict[str, int | str]:
+    """Prefixed lm-eval metadata, e.g. ``metadata_for(seed=1, test_size=100, demos="fixed", draw=2)``
+    or ``metadata_for(DataSpec(...), demos="fixed")``; a setting that is None keeps its default."""
+    known = [k.removeprefix(PREFIX) for k in [*METADATA_KEYS, *DEMO_KEYS]]
+    unknown = [key for key in settings if key not in known]
+    if unknown:
+        raise IclvsftError(f"unknown setting {unknown[0]!r}; known: {', '.join(known)}")
+    given = {f"{PREFIX}{key}": value for key, value in settings.items() if value is not None}
+    data_keys = [key for key in given if key in METADATA_KEYS]
+    if data is not None and data_keys:
+        raise IclvsftError("give the seed and split sizes as data= or as settings, not both")
     metadata: dict[str, int | str] = {}
-    for key, value in settings.items():
-        prefixed = f"{PREFIX}{key}"
-        if prefixed not in METADATA_KEYS and prefixed not in DEMO_KEYS:
-            known = ", ".join(k.removeprefix(PREFIX) for k in [*METADATA_KEYS, *DEMO_KEYS])
-            raise IclvsftError(f"unknown setting {key!r}; known: {known}")
-        if value is None:
-            continue
-        metadata[prefixed] = check_mode(str(value)) if key == "demos" else _as_int(prefixed, value)
+    if data is not None:
+        metadata.update(data.to_metadata())
+    elif data_keys:  # only the settings given: the others keep what lm-eval's metadata says
+        checked = DataSpec.from_metadata({key: given[key] for key in data_keys}).to_metadata()
+        metadata.update({key: checked[key] for key in data_keys})
+    if f"{PREFIX}demos" in given:
+        metadata[f"{PREFIX}demos"] = check_mode(str(given[f"{PREFIX}demos"]))
+    if f"{PREFIX}draw" in given:
+        metadata[f"{PREFIX}draw"] = metadata_int(f"{PREFIX}draw", given[f"{PREFIX}draw"])
     demos_from_metadata(metadata)  # a draw without fixed demonstrations fails here, not in lm-eval
     return metadata
 
@@ -146,12 +138,14 @@ def task_manager(
     include_defaults: bool = False,
     include_path: str | list[str] | None = None,
     metadata: dict[str, Any] | None = None,
+    data: DataSpec | None = None,
     **settings: int | str | None,
 ) -> TaskManager:
     """An lm-eval TaskManager that knows our tasks, for ``lm_eval.simple_evaluate``.
 
     ``settings`` are ``seed``, the split sizes (``test_size``, ``test_broken_size``,
-    ``validation_size``, ``train_size``) and the demonstrations (``demos``, ``draw``).
+    ``validation_size``, ``train_size``) and the demonstrations (``demos``, ``draw``); ``data``
+    gives the seed and sizes as one ``DataSpec`` instead.
     ``include_defaults=False`` skips indexing lm-eval's ~15k built-in tasks (about 7 s).
     """
     from lm_eval.tasks import TaskManager
@@ -161,5 +155,5 @@ def task_manager(
     return TaskManager(
         include_path=[tasks_dir(), *extra],
         include_defaults=include_defaults,
-        metadata={**(metadata or {}), **metadata_for(**settings)},
+        metadata={**(metadata or {}), **metadata_for(data, **settings)},
     )

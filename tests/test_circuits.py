@@ -28,6 +28,7 @@ from iclvsft.circuits import (
     spearman,
     top_k,
 )
+from iclvsft_tasks.data.spec import DataSpec
 from iclvsft_tasks.errors import IclvsftError
 
 BIN = Path(sys.executable).parent
@@ -231,14 +232,14 @@ def test_a_model_without_decoder_layers_is_refused():
 def test_pairs_match_length_shortcut_and_first_tokens(tiny_llama):
     from transformers import AutoTokenizer
 
-    from iclvsft_tasks.data.splits import SplitSpec, build_split
+    from iclvsft_tasks.data.splits import build_split
     from iclvsft_tasks.demos import fixed_demos
     from iclvsft_tasks.prompts import render_prompt
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
-    pairs = make_pairs("parity_pattern", tokenizer, (0, 2), 4, sizes=SIZES)
+    pairs = make_pairs("parity_pattern", tokenizer, (0, 2), 4, DataSpec.from_sizes(SIZES))
     assert set(pairs) == {0, 2} and len(pairs[0]) == len(pairs[2]) == 4
-    spec = SplitSpec.from_sizes("parity_pattern", 0, SIZES)
+    spec = DataSpec.from_sizes(SIZES).split_spec("parity_pattern")
     test = {i["id"]: i for i in build_split(spec, "test")}
     broken = {i["id"]: i for i in build_split(spec, "test_broken")}
     demos = fixed_demos(spec, 1, 2)
@@ -256,7 +257,7 @@ def test_pairs_match_length_shortcut_and_first_tokens(tiny_llama):
 def test_an_item_pair_that_does_not_match_is_one_clear_error(tiny_llama):
     from transformers import AutoTokenizer
 
-    from iclvsft_tasks.data.splits import SplitSpec, build_split
+    from iclvsft_tasks.data.splits import build_split
     from iclvsft_tasks.prompts import render_prompt
 
     with pytest.raises(IclvsftError, match="positions would not align"):
@@ -264,7 +265,7 @@ def test_an_item_pair_that_does_not_match_is_one_clear_error(tiny_llama):
     with pytest.raises(IclvsftError, match="same token"):
         Pair(clean_ids=(1, 2), corrupt_ids=(1, 3), target=5, foil=5)
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
-    spec = SplitSpec.from_sizes("parity_pattern", 0, SIZES)
+    spec = DataSpec.from_sizes(SIZES).split_spec("parity_pattern")
     clean = build_split(spec, "test")[0]
     length = len(tokenizer(render_prompt(clean))["input_ids"])
     for corrupt in build_split(spec, "test_broken"):
@@ -279,7 +280,7 @@ def test_an_item_pair_that_does_not_match_is_one_clear_error(tiny_llama):
     with pytest.raises(IclvsftError, match="pattern-broken"):
         build_pair(clean, clean, tokenizer)
     with pytest.raises(IclvsftError, match=r"only [0-9]+ matchable"):
-        make_pairs("parity_pattern", tokenizer, 0, 500, sizes=SIZES)
+        make_pairs("parity_pattern", tokenizer, 0, 500, DataSpec.from_sizes(SIZES))
 
 
 # --------------------------------------------------------------------------- shift
@@ -324,7 +325,7 @@ def test_identical_models_give_zero_shift(tiny_llama, tmp_path):
         items=5,
         out=str(tmp_path / "same"),
         check_items=2,
-        sizes=SIZES,
+        data=DataSpec.from_sizes(SIZES),
         bootstrap=300,
         progress=False,
     )
@@ -501,7 +502,7 @@ def test_compare_circuits_runs_at_the_chosen_k_and_n(tiny_llama, tmp_path):
     assert summary["parity_pattern"]["status"] == "done"
     result = json.loads((tmp_path / "circuits" / "parity_pattern" / "circuits.json").read_text())
     assert result["settings"]["shots"] == 2 and result["settings"]["ft_checkpoint"] == str(Path(tiny_llama).resolve())
-    assert result["settings"]["sizes"] == exp.sizes and len(result["pairs"]) == 4
+    assert result["settings"]["sizes"] == exp.data.sizes and len(result["pairs"]) == 4
 
     # k* = 0 and no FT result: said in the report, nothing run, nothing raised.
     worse = [dict(r, accuracy=0.1) if r["key"] == "b" else r for r in records if r["condition"] == "icl"]

@@ -12,7 +12,7 @@ from iclvsft_tasks.data.splits import SplitSpec, build_split
 from iclvsft_tasks.errors import IclvsftError
 from iclvsft_tasks.prompts import render_prompt
 
-SPEC = lm_eval_glue.spec_from_metadata("expression_pattern", SMALL_METADATA)
+SPEC = lm_eval_glue.data_from_metadata(SMALL_METADATA).split_spec("expression_pattern")
 
 
 def _task(name: str, **settings):
@@ -43,7 +43,7 @@ def test_lm_eval_fixed_mode_shows_the_same_draw_demos_to_every_query(shots):
 
 def test_lm_eval_fixed_mode_works_for_validation_broken_and_multiple_choice_variants():
     for name in ("parity_pattern_validation_2shot", "parity_pattern_broken_2shot", "parity_pattern_mc_2shot"):
-        spec = lm_eval_glue.spec_from_metadata("parity_pattern", SMALL_METADATA)
+        spec = lm_eval_glue.data_from_metadata(SMALL_METADATA).split_spec("parity_pattern")
         task = _task(name, demos="fixed", draw=1)
         doc = next(iter(task.test_docs()))
         assert task.fewshot_context(doc, num_fewshot=2) == render_prompt(doc, demos.fixed_demos(spec, 1, 2))

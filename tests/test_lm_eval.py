@@ -179,7 +179,7 @@ def test_scores_through_simple_evaluate_reward_the_gold_not_the_shortcut(field, 
     tm = iclvsft_tasks.task_manager(metadata=dict(SMALL_METADATA))
     lm = _answer_model(field)
     for task in TASKS:
-        spec = lm_eval_glue.spec_from_metadata(task, SMALL_METADATA)
+        spec = lm_eval_glue.data_from_metadata(SMALL_METADATA).split_spec(task)
         for items in build_splits(spec).values():
             lm.items.update({query(i): i for i in items})
     names = [f"{t}_1shot" for t in TASKS] + [f"{t}_broken_1shot" for t in TASKS]

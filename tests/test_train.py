@@ -15,6 +15,7 @@ import pytest
 from conftest import SMALL_METADATA
 
 import iclvsft_tasks
+from iclvsft_tasks.data.spec import DataSpec
 from iclvsft_tasks.data.splits import build_splits
 from iclvsft_tasks.prompts import TARGET_DELIMITER
 from iclvsft_tasks.tasks.registry import TASKS
@@ -52,7 +53,7 @@ def tm():
 
 @pytest.mark.parametrize("task_name", list(TASKS))
 def test_records_are_byte_identical_to_lm_evals_prompt_and_target(tm, task_name):
-    options = DataOptions.create(task_name, 40, sizes=SIZES, train_shots=[0, 1, 3])
+    options = DataOptions.create(task_name, 40, DataSpec.from_sizes(SIZES), train_shots=[0, 1, 3])
     records = build_records(options)
     task = tm.load([f"{task_name}_0shot"])["tasks"][f"{task_name}_0shot"]
     docs = {d["id"]: d for d in task.fewshot_docs()}  # the train split, as lm-eval holds it
@@ -68,7 +69,7 @@ def test_records_are_byte_identical_to_lm_evals_prompt_and_target(tm, task_name)
 
 
 def test_training_items_never_appear_in_evaluation_splits():
-    options = DataOptions.create("expression_pattern,parity_pattern", 150, sizes=SIZES)
+    options = DataOptions.create("expression_pattern,parity_pattern", 150, DataSpec.from_sizes(SIZES))
     records = build_records(options)
     assert [len([r for r in records if r["task"] == t]) for t in options.tasks] == [75, 75]
     for task in options.tasks:
@@ -78,9 +79,9 @@ def test_training_items_never_appear_in_evaluation_splits():
 
 
 def test_records_are_deterministic_and_seeded():
-    a = build_records(DataOptions.create("boolean_pattern", 30, sizes=SIZES, train_shots=[0, 2]))
-    b = build_records(DataOptions.create("boolean_pattern", 30, sizes=SIZES, train_shots=[0, 2]))
-    c = build_records(DataOptions.create("boolean_pattern", 30, seed=1, sizes=SIZES, train_shots=[0, 2]))
+    a = build_records(DataOptions.create("boolean_pattern", 30, DataSpec.from_sizes(SIZES), train_shots=[0, 2]))
+    b = build_records(DataOptions.create("boolean_pattern", 30, DataSpec.from_sizes(SIZES), train_shots=[0, 2]))
+    c = build_records(DataOptions.create("boolean_pattern", 30, DataSpec.from_sizes(SIZES, seed=1), train_shots=[0, 2]))
     assert a == b and a != c
 
 

@@ -12,8 +12,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from iclvsft_tasks.cliutil import OneLineParser, add_split_size_flags, parse_int_list, run_cli
-from iclvsft_tasks.data.splits import DEFAULT_SIZES, SPLITS
+from iclvsft_tasks.cliutil import OneLineParser, add_split_size_flags, data_from_flags, parse_int_list, run_cli
+from iclvsft_tasks.data.spec import DEFAULT_SIZES
 from iclvsft_train.launch import TrainOptions, recipe_names, run
 from iclvsft_train.merge import merge_adapter
 
@@ -74,8 +74,7 @@ def _main(argv: Sequence[str]) -> int:
         config=args.config,
         milestones=tuple(parse_int_list(args.milestones, "--milestones")) if args.milestones else (),
         train_shots=tuple(parse_int_list(args.train_shots, "--train-shots")),
-        data_seed=args.data_seed,
-        sizes={split: getattr(args, f"{split}_size") for split in SPLITS},
+        data=data_from_flags(args, seed=args.data_seed),
         resume=args.resume,
         passthrough=tuple(passthrough),
         dry_run=args.dry_run,

@@ -17,7 +17,8 @@ from typing import Any
 
 from iclvsft_tasks.atomic import atomic_open
 from iclvsft_tasks.data.seeding import derive_seed
-from iclvsft_tasks.data.splits import DEFAULT_SIZES, SPLITS, SplitSpec, build_splits, fingerprint
+from iclvsft_tasks.data.spec import DataSpec
+from iclvsft_tasks.data.splits import SplitSpec, build_splits, fingerprint
 from iclvsft_tasks.errors import IclvsftError
 from iclvsft_tasks.prompts import render_completion, render_prompt
 from iclvsft_tasks.tasks.registry import parse_task_list
@@ -33,18 +34,16 @@ class DataOptions:
 
     tasks: tuple[str, ...]
     samples: int
-    seed: int = 0
+    data: DataSpec = dataclasses.field(default_factory=DataSpec)
     train_shots: tuple[int, ...] = (0,)
-    sizes: tuple[tuple[str, int], ...] = tuple(DEFAULT_SIZES.items())
 
     @classmethod
     def create(
         cls,
         task: str,
         samples: int,
-        seed: int = 0,
+        data: DataSpec | None = None,
         train_shots: Sequence[int] = (0,),
-        sizes: dict[str, int] | None = None,
     ) -> DataOptions:
         tasks = tuple(parse_task_list(task))
         if len(set(tasks)) != len(tasks):
@@ -56,13 +55,12 @@ class DataOptions:
         shots = tuple(sorted(set(train_shots)))
         if not shots or any(k < 0 for k in shots):
             raise IclvsftError(f"--train-shots must be non-negative integers, got {list(train_shots)}")
-        merged = {**DEFAULT_SIZES, **(sizes or {})}
-        options = cls(tasks, samples, seed, shots, tuple((s, merged[s]) for s in SPLITS))
+        options = cls(tasks, samples, data or DataSpec(), shots)
         for task_name, n in options.per_task().items():
-            if n > options.spec(task_name).train_size:
+            if n > options.data.train_size:
                 raise IclvsftError(
                     f"--samples asks {n:,} items of {task_name}, but its train split holds "
-                    f"{options.spec(task_name).train_size:,}; lower --samples or raise --train-size"
+                    f"{options.data.train_size:,}; lower --samples or raise --train-size"
                 )
             if max(shots) > max(n - 1, 0):
                 raise IclvsftError(
@@ -72,7 +70,7 @@ class DataOptions:
         return options
 
     def spec(self, task: str) -> SplitSpec:
-        return SplitSpec.from_sizes(task, self.seed, dict(self.sizes))
+        return self.data.split_spec(task)
 
     def per_task(self) -> dict[str, int]:
         """Samples per task: as even as possible, earlier tasks take the remainder."""
@@ -98,7 +96,7 @@ def split_fingerprints(options: DataOptions) -> dict[str, dict[str, str]]:
 
 def build_records(options: DataOptions, progress: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
     """Training records (prompt, completion and provenance), shuffled reproducibly across tasks."""
-    rng = random.Random(derive_seed("iclvsft-train", ",".join(options.tasks), options.seed, options.train_shots))
+    rng = random.Random(derive_seed("iclvsft-train", ",".join(options.tasks), options.data.seed, options.train_shots))
     pools = {t: build_splits(options.spec(t))["train"][:n] for t, n in options.per_task().items()}
     items = [item for pool in pools.values() for item in pool]
     check_no_evaluation_overlap(options, items)

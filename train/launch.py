@@ -34,6 +34,7 @@ import yaml
 
 from iclvsft_tasks.atomic import atomic_open, atomic_write_text
 from iclvsft_tasks.cliutil import default_threads, flag_value
+from iclvsft_tasks.data.spec import DataSpec
 from iclvsft_tasks.errors import IclvsftError, one_line
 from iclvsft_train.data import DataOptions, build_records, split_fingerprints, write_records
 from iclvsft_train.run_state import (
@@ -279,8 +280,7 @@ class TrainOptions:
     config: Path | None = None
     milestones: tuple[int, ...] = ()
     train_shots: tuple[int, ...] = (0,)
-    data_seed: int = 0
-    sizes: dict[str, int] = dataclasses.field(default_factory=dict)
+    data: DataSpec = dataclasses.field(default_factory=DataSpec)  # seed and split sizes
     resume: bool = False
     passthrough: tuple[str, ...] = ()
     dry_run: bool = False
@@ -342,7 +342,7 @@ def _progress(total: int, desc: str):
 
 def prepare(options: TrainOptions) -> dict[str, Any]:
     """Steps 1-3: check, write data and resolved.yaml, and return the manifest (nothing is launched)."""
-    data = DataOptions.create(options.task, options.samples, options.data_seed, options.train_shots, options.sizes)
+    data = DataOptions.create(options.task, options.samples, options.data, options.train_shots)
     output_dir = options.output_dir
     check_output_dir(output_dir, options.resume)
     previous: dict[str, Any] | None = None
@@ -412,9 +412,9 @@ def prepare(options: TrainOptions) -> dict[str, Any]:
         "tasks": list(data.tasks),
         "samples": options.samples,
         "samples_per_task": data.per_task(),
-        "data_seed": options.data_seed,
+        "data_seed": options.data.seed,
         "train_shots": list(data.train_shots),
-        "split_sizes": dict(data.sizes),
+        "split_sizes": options.data.sizes,
         "split_fingerprints": split_fingerprints(data),
         "recipe": options.recipe,
         "user_config": str(options.config) if options.config else None,

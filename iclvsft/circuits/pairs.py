@@ -30,7 +30,8 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from iclvsft_tasks.data.splits import SplitSpec, build_split
+from iclvsft_tasks.data.spec import DataSpec
+from iclvsft_tasks.data.splits import build_split
 from iclvsft_tasks.demos import fixed_demos
 from iclvsft_tasks.errors import IclvsftError
 from iclvsft_tasks.prompts import TARGET_DELIMITER, render_prompt
@@ -172,16 +173,15 @@ def make_pairs(
     tokenizer: Any,
     shots: int | Sequence[int],
     n: int,
-    seed: int = 0,
-    sizes: Mapping[str, int] | None = None,
+    data: DataSpec | None = None,
     draw: int = 1,
 ) -> dict[int, list[Pair]]:
     """``n`` matched pairs, the same items at every shot count in ``shots``: ``{k: [Pair, ...]}``.
 
     Clean items are taken in ``test`` order; each gets the first unused ``test_broken`` item that
     matches it at every shot count (greedy, deterministic). Demonstrations are the fixed set of
-    ``draw`` (``demos.fixed_demos``), so ``sizes`` and ``seed`` should be those of the evaluation to
-    show the same demonstrations. Too few matches is an IclvsftError that says how many were found.
+    ``draw`` (``demos.fixed_demos``), so ``data`` (None: the default seed and sizes) should be the
+    evaluation's to show the same demonstrations. Too few matches is an IclvsftError that says how many were found.
     """
     get_task(task)
     counts = sorted({int(k) for k in ([shots] if isinstance(shots, int) else shots)})
@@ -189,7 +189,7 @@ def make_pairs(
         raise IclvsftError(f"shots must be integers >= 0, got {shots!r}")
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise IclvsftError(f"the number of pairs must be an integer >= 1, got {n!r}")
-    spec = SplitSpec.from_sizes(task, seed, dict(sizes or {}))
+    spec = (data or DataSpec()).split_spec(task)
     clean_pool, corrupt_pool = build_split(spec, "test"), build_split(spec, "test_broken")
     demos = {k: fixed_demos(spec, draw, k) if k else [] for k in counts}
 

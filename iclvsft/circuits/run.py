@@ -46,7 +46,7 @@ from iclvsft.circuits.shift import (
 )
 from iclvsft_tasks.atomic import atomic_write_text, ensure_output_dir
 from iclvsft_tasks.cliutil import pin_cpu_threads, resolve_device
-from iclvsft_tasks.data.splits import SplitSpec
+from iclvsft_tasks.data.spec import DataSpec
 from iclvsft_tasks.errors import IclvsftError
 from iclvsft_tasks.tasks.registry import get_task
 from iclvsft_train.checkpoints import DTYPES, checkpoint_kind, load_causal_lm, load_config, load_tokenizer
@@ -77,8 +77,7 @@ class CircuitsConfig:
     check_items: int = 3
     dtype: str = "float32"
     device: str | None = None  # None: cuda when available, else cpu
-    seed: int = 0
-    sizes: dict[str, int] | None = None  # split sizes (None: the defaults); the evaluation's, to match its demos
+    data: DataSpec = dataclasses.field(default_factory=DataSpec)  # the evaluation's, to match its demos
     draw: int = 1
     bootstrap: int = DEFAULT_BOOTSTRAP
     top_fraction: float = DEFAULT_TOP_FRACTION
@@ -88,7 +87,9 @@ class CircuitsConfig:
 
     def __post_init__(self) -> None:
         get_task(self.task)
-        for name in ("shots", "items", "check_items", "seed", "draw", "bootstrap", "patch_batch"):
+        if not isinstance(self.data, DataSpec):
+            raise IclvsftError(f"data must be a DataSpec, got {self.data!r}")
+        for name in ("shots", "items", "check_items", "draw", "bootstrap", "patch_batch"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise IclvsftError(f"{name} must be an integer, got {value!r}")
@@ -110,7 +111,6 @@ class CircuitsConfig:
             raise IclvsftError(f"top_fraction must be in (0, 1], got {self.top_fraction}")
         if not 0 < self.level < 1:
             raise IclvsftError(f"level must be in (0, 1), got {self.level}")
-        self.sizes = SplitSpec.from_sizes(self.task, self.seed, dict(self.sizes or {})).sizes()
 
 
 # --------------------------------------------------------------------------- models
@@ -226,8 +226,10 @@ def settings_of(config: CircuitsConfig, model_path: str, ft: dict[str, str] | No
         "top_fraction",
         "level",
     )
+    # The data spec is written flat, as earlier results wrote it, so that those stay reusable.
+    data = {"seed": config.data.seed, "sizes": config.data.sizes}
     return {
-        **{k: getattr(config, k) for k in keep},
+        **{k: data[k] if k in data else getattr(config, k) for k in keep},
         "model_path": model_path,
         "ft_checkpoint": ft["path"] if ft else None,
         "device": resolve_device(config.device),
@@ -270,7 +272,7 @@ def run_circuits(config: CircuitsConfig, reuse: bool = False) -> dict[str, Any]:
             return old
     tokenizer = load_tokenizer(model_path)
     shot_counts = [0, config.shots] if config.shots else [0]
-    pairs = make_pairs(config.task, tokenizer, shot_counts, config.items, config.seed, config.sizes, config.draw)
+    pairs = make_pairs(config.task, tokenizer, shot_counts, config.items, config.data, config.draw)
     device = resolve_device(config.device)
     threads = pin_cpu_threads(device)
     notes = []
@@ -328,7 +330,7 @@ def run_circuits(config: CircuitsConfig, reuse: bool = False) -> dict[str, Any]:
     scores = {kind: {name: np.asarray(c[method][kind]) for name, c in conditions.items()} for kind in ("heads", "mlps")}
     shift = {
         kind: bootstrap_shift(
-            scores[kind], "base", ("icl", "ft"), config.top_fraction, config.bootstrap, config.seed, config.level
+            scores[kind], "base", ("icl", "ft"), config.top_fraction, config.bootstrap, config.data.seed, config.level
         )
         for kind in ("heads", "mlps")
     }

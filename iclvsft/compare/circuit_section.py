@@ -69,8 +69,7 @@ def run_circuit_analyses(
             out=str(out / "circuits" / task),
             dtype=exp.dtype if exp.dtype in CIRCUIT_DTYPES else "float32",
             device=exp.device,
-            seed=exp.seed,
-            sizes=exp.sizes,
+            data=exp.data,
             draw=1,
         )
         try:

@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 
 from iclvsft_tasks.cliutil import parse_int_list
-from iclvsft_tasks.data.splits import MAX_SPLIT_SIZE
+from iclvsft_tasks.data.spec import SPLITS, DataSpec
 from iclvsft_tasks.demos import DEFAULT_DRAWS, DEMO_MODES
 from iclvsft_tasks.errors import IclvsftError, one_line
 from iclvsft_tasks.tasks.registry import parse_task_list
@@ -50,6 +50,8 @@ class Experiment:
     train_args: list[str] = dataclasses.field(default_factory=list)  # extra iclvsft-train / trl sft / accelerate flags
     circuits: bool = False  # after the comparison, the circuit-shift analysis at k* and n* (iclvsft circuits)
     circuit_items: int = 50  # its clean/corrupt pairs per task
+    #: The seed and split sizes above as one value, built and checked in __post_init__; the run uses this.
+    data: DataSpec = dataclasses.field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.tasks = parse_task_list(",".join(self.tasks) if isinstance(self.tasks, list) else str(self.tasks))
@@ -58,21 +60,20 @@ class Experiment:
         self.train_shots = _int_list("train_shots", self.train_shots, minimum=0)
         if self.test_broken_size is None:
             self.test_broken_size = self.test_size
-        for name in (
-            "test_size",
-            "test_broken_size",
-            "validation_size",
-            "train_size",
-            "seed",
-            "fewshot_seed",
-            "batch_size",
-        ):
+        self.data = DataSpec(
+            seed=self.seed,
+            test_size=self.test_size,
+            test_broken_size=self.test_broken_size,
+            validation_size=self.validation_size,
+            train_size=self.train_size,
+        )
+        for split in SPLITS:  # a comparison evaluates and trains on every split, so none may be empty
+            if self.data.size(split) < 1:
+                raise IclvsftError(f"{split}_size must be at least 1, got {self.data.size(split)}")
+        for name in ("fewshot_seed", "batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise IclvsftError(f"{name} must be an integer, got {value!r}")
-        for name in ("test_size", "test_broken_size", "validation_size", "train_size"):
-            if not 1 <= getattr(self, name) <= MAX_SPLIT_SIZE:
-                raise IclvsftError(f"{name} must be between 1 and {MAX_SPLIT_SIZE:,}, got {getattr(self, name)}")
         if self.demos not in DEMO_MODES:
             raise IclvsftError(f"demos must be one of {', '.join(DEMO_MODES)}, got {self.demos!r}")
         if self.draws is None:
@@ -100,32 +101,24 @@ class Experiment:
         if isinstance(self.circuit_items, bool) or not isinstance(self.circuit_items, int) or self.circuit_items < 1:
             raise IclvsftError(f"circuit_items must be an integer >= 1, got {self.circuit_items!r}")
         # Demonstrations come from train; fine-tuning samples too (per task, or split over the mixture).
-        if max(self.shots) > self.train_size:
+        if max(self.shots) > self.data.train_size:
             raise IclvsftError(
-                f"{max(self.shots)} shots need at least that many train items; train_size is {self.train_size}"
+                f"{max(self.shots)} shots need at least that many train items; train_size is {self.data.train_size}"
             )
         per_task = max(self.ft_samples, default=0) / (len(self.tasks) if self.ft_mode == "mixture" else 1)
-        if per_task > self.train_size:
+        if per_task > self.data.train_size:
             raise IclvsftError(
                 f"{max(self.ft_samples)} fine-tuning samples exceed the train split "
-                f"({self.train_size} items per task); raise train_size or lower ft_samples"
+                f"({self.data.train_size} items per task); raise train_size or lower ft_samples"
             )
 
     def draws_for(self, shots: int) -> list[int]:
         """The draws an ICL setting is evaluated with: 1..R for fixed sets, else 0 (none to draw)."""
         return list(range(1, self.draws + 1)) if self.demos == "fixed" and shots > 0 else [0]
 
-    @property
-    def sizes(self) -> dict[str, int]:
-        return {
-            "test": self.test_size,
-            "test_broken": self.test_broken_size,
-            "validation": self.validation_size,
-            "train": self.train_size,
-        }
-
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The settings as given (flat seed and sizes, as in the YAML), for ``run.json``."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "data"}
 
 
 def _int_list(name: str, value: Any, minimum: int, allow_empty: bool = False) -> list[int]:
@@ -173,7 +166,7 @@ def load_experiment(config: str | None, overrides: dict[str, Any]) -> Experiment
             raise IclvsftError(f"{path} must hold a mapping of experiment settings")
         values.update({k.replace("-", "_"): v for k, v in loaded.items()})
     values.update({k: v for k, v in overrides.items() if v is not None})
-    known = {f.name for f in dataclasses.fields(Experiment)}
+    known = {f.name for f in dataclasses.fields(Experiment) if f.init}
     unknown = sorted(set(values) - known)
     if unknown:
         raise IclvsftError(f"unknown experiment setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")

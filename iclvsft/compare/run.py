@@ -31,7 +31,7 @@ from iclvsft.compare.config import Experiment
 from iclvsft.compare.records import HELD_OUT_SPLITS
 from iclvsft_tasks.atomic import atomic_open, atomic_write_text, ensure_output_dir
 from iclvsft_tasks.cliutil import pin_cpu_threads, resolve_device
-from iclvsft_tasks.data.splits import SplitSpec, fingerprints
+from iclvsft_tasks.data.splits import fingerprints
 from iclvsft_tasks.demos import fixed_demo_ids
 from iclvsft_tasks.errors import IclvsftError, one_line
 from iclvsft_tasks.lm_eval_configs import SHOTS, variant_name
@@ -188,8 +188,7 @@ def evaluate_cell(lm: Any, task_manager: Any, exp: Experiment, cell: Cell) -> tu
     ]
     prompt_tokens = sum(len(lm.tok_encode(_prompt_of(s))) for s in samples)
     if cell.draw:
-        spec = SplitSpec.from_sizes(cell.task, exp.seed, exp.sizes)
-        demo_ids = fixed_demo_ids(spec, cell.draw, cell.shots)
+        demo_ids = fixed_demo_ids(exp.data.split_spec(cell.task), cell.draw, cell.shots)
         for prediction in predictions:
             prediction["demo_ids"] = demo_ids
     correct = sum(p["correct"] for p in predictions)
@@ -258,8 +257,8 @@ def _trainings(exp: Experiment, model_id: dict[str, Any], out: Path) -> list[Tra
         config = {
             "model": model_id,
             "tasks": tasks,
-            "seed": exp.seed,
-            "sizes": exp.sizes,
+            "seed": exp.data.seed,
+            "sizes": exp.data.sizes,
             "recipe": exp.recipe,
             "train_shots": exp.train_shots,
             "samples": max(exp.ft_samples),
@@ -287,8 +286,7 @@ def _train_options(exp: Experiment, model_path: str, training: Training, extra: 
         recipe=exp.recipe,
         milestones=tuple(exp.ft_samples),
         train_shots=tuple(exp.train_shots),
-        data_seed=exp.seed,
-        sizes=exp.sizes,
+        data=exp.data,
         passthrough=tuple(passthrough) + tuple(extra),
     )
 
@@ -355,10 +353,10 @@ def run_compare(
     model_path = resolve_model(exp.model)  # one float32 cache; lm-eval and TRL cast to exp.dtype on load
     label = model_label(exp.model)
     model_id = {"label": label, "path": model_path}
-    split_fps = {t: fingerprints(SplitSpec.from_sizes(t, exp.seed, exp.sizes)) for t in exp.tasks}
+    split_fps = {t: fingerprints(exp.data.split_spec(t)) for t in exp.tasks}
     context = {
         "model": model_id,
-        "seed": exp.seed,
+        "seed": exp.data.seed,
         "fewshot_seed": exp.fewshot_seed,
         "dtype": exp.dtype,
         "backend": exp.eval_backend,
@@ -394,14 +392,13 @@ def run_compare(
         {t.name: plan_training(exp, model_path, t) for t in trainings} if any(c.condition == "ft" for c in todo) else {}
     )
     threads = pin_cpu_threads(_device(exp))  # 2 busy cores ran 6-30x slower with 2 threads than 1
-    sizes = {f"{s}_size": n for s, n in exp.sizes.items()}
     managers: dict[int, Any] = {}
 
     def manager_for(cell: Cell) -> Any:
         """One lm-eval TaskManager per demonstration draw (its metadata selects the draw)."""
         if cell.draw not in managers:
             demos = {"demos": "fixed", "draw": cell.draw} if cell.draw else {}
-            managers[cell.draw] = task_manager(seed=exp.seed, **sizes, **demos)
+            managers[cell.draw] = task_manager(data=exp.data, **demos)
         return managers[cell.draw]
 
     icl_todo = [c for c in todo if c.condition == "icl"]
@@ -415,7 +412,7 @@ def run_compare(
 
     def finish(cell: Cell, lm: Any, extra: dict[str, Any]) -> None:
         record, predictions = evaluate_cell(lm, manager_for(cell), exp, cell)
-        record.update({"model": label, "seed": exp.seed, "fingerprint": split_fps[cell.task][cell.split], **extra})
+        record.update({"model": label, "seed": exp.data.seed, "fingerprint": split_fps[cell.task][cell.split], **extra})
         records[key_of(cell)] = store.put(key_of(cell), record, predictions)
         bar.update(1)
 
@@ -451,11 +448,11 @@ def run_compare(
         "model": label,
         "model_path": model_path,
         "tasks": exp.tasks,
-        "seed": exp.seed,
+        "seed": exp.data.seed,
         "fewshot_seed": exp.fewshot_seed,
         "demos": exp.demos,
         "draws": exp.draws,
-        "split_sizes": exp.sizes,
+        "split_sizes": exp.data.sizes,
         "split_fingerprints": split_fps,
         "shots": exp.shots,
         "ft_samples": exp.ft_samples,

@@ -19,17 +19,13 @@ from collections.abc import Callable
 from typing import Any
 
 from iclvsft_tasks.data.seeding import rng_for
+from iclvsft_tasks.data.spec import DEFAULT_SIZES, SPLITS, DataSpec
 from iclvsft_tasks.errors import IclvsftError
 from iclvsft_tasks.tasks.base import PatternTask, TaskConfig, question_id
 from iclvsft_tasks.tasks.registry import get_task
 
-#: Generation order, which is also the order in which splits win duplicates.
-SPLITS: tuple[str, ...] = ("test", "test_broken", "validation", "train")
 #: Splits of pattern items; the rest hold pattern-broken items.
 PATTERN_SPLITS = frozenset({"test", "validation", "train"})
-DEFAULT_SIZES: dict[str, int] = {"test": 500, "test_broken": 500, "validation": 200, "train": 20_000}
-#: Upper bound on any split, far above any use, so a typo like 10**9 fails at once.
-MAX_SPLIT_SIZE = 5_000_000
 #: Duplicates in a row after which the generator's question space counts as exhausted.
 _MAX_REJECTS_IN_A_ROW = 2_000
 
@@ -38,7 +34,12 @@ Item = dict[str, Any]
 
 @dataclasses.dataclass(frozen=True)
 class SplitSpec:
-    """Everything that determines the items of a task's splits."""
+    """Everything that determines the items of a task's splits.
+
+    The flat fields are the public constructor (``SplitSpec("parity_pattern", test_size=100)``);
+    our own code builds it from a ``DataSpec`` (``DataSpec.split_spec``), and ``data`` is that
+    DataSpec again, whose checks are the only ones on the seed and sizes.
+    """
 
     task: str
     seed: int = 0
@@ -47,30 +48,18 @@ class SplitSpec:
     validation_size: int = DEFAULT_SIZES["validation"]
     train_size: int = DEFAULT_SIZES["train"]
     config: TaskConfig | None = None  # None: the task's default generator settings
+    data: DataSpec = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         get_task(self.task)  # unknown task -> IclvsftError
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise IclvsftError(f"seed must be an integer, got {self.seed!r}")
-        for split in SPLITS:
-            size = self.size(split)
-            if isinstance(size, bool) or not isinstance(size, int):
-                raise IclvsftError(f"{split} size must be an integer, got {size!r}")
-            if not 0 <= size <= MAX_SPLIT_SIZE:
-                raise IclvsftError(f"{split} size must be between 0 and {MAX_SPLIT_SIZE:,}, got {size:,}")
-
-    @classmethod
-    def from_sizes(cls, task: str, seed: int = 0, sizes: dict[str, int] | None = None) -> SplitSpec:
-        """A spec from ``{split: size}`` (missing splits keep their defaults)."""
-        return cls(task, seed=seed, **{f"{split}_size": n for split, n in (sizes or {}).items()})
+        sizes = {f"{split}_size": getattr(self, f"{split}_size") for split in SPLITS}
+        object.__setattr__(self, "data", DataSpec(self.seed, **sizes))
 
     def size(self, split: str) -> int:
-        if split not in SPLITS:
-            raise IclvsftError(f"unknown split {split!r}; splits are: {', '.join(SPLITS)}")
-        return getattr(self, f"{split}_size")
+        return self.data.size(split)
 
     def sizes(self) -> dict[str, int]:
-        return {split: self.size(split) for split in SPLITS}
+        return self.data.sizes
 
     def make_task(self) -> PatternTask:
         task = get_task(self.task)
