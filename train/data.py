@@ -17,7 +17,7 @@ from typing import Any
 
 from iclvsft_tasks.atomic import atomic_open
 from iclvsft_tasks.data.seeding import derive_seed
-from iclvsft_tasks.data.spec import DataSpec
+from iclvsft_tasks.data.spec import HELD_OUT_SPLITS, DataSpec
 from iclvsft_tasks.data.splits import SplitSpec, build_splits, fingerprint
 from iclvsft_tasks.errors import IclvsftError
 from iclvsft_tasks.prompts import render_completion, render_prompt
@@ -25,7 +25,6 @@ from iclvsft_tasks.tasks.registry import parse_task_list
 
 #: The file TRL reads (``dataset_name`` = its directory, which must hold nothing else).
 TRAIN_FILE = "train.jsonl"
-EVALUATION_SPLITS = ("validation", "test", "test_broken")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +82,7 @@ def check_no_evaluation_overlap(options: DataOptions, items: Sequence[dict[str, 
     held_out: set[str] = set()
     for task in options.tasks:
         splits = build_splits(options.spec(task))
-        for split in EVALUATION_SPLITS:
+        for split in HELD_OUT_SPLITS:
             held_out.update(item["id"] for item in splits[split])
     leaked = [item["id"] for item in items if item["id"] in held_out]
     if leaked:  # the split builder makes this impossible; guard against a future regression

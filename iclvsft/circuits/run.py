@@ -83,7 +83,7 @@ class CircuitsConfig:
     top_fraction: float = DEFAULT_TOP_FRACTION
     level: float = DEFAULT_LEVEL
     patch_batch: int = 8  # activation patching: components per forward pass
-    progress: bool = True
+    show_progress: bool = True
 
     def __post_init__(self) -> None:
         get_task(self.task)
@@ -149,7 +149,7 @@ def score_condition(
     check_items: int,
     patch_batch: int = 8,
     desc: str = "pairs",
-    progress: bool = True,
+    show_progress: bool = True,
 ) -> dict[str, Any]:
     """Attribution scores on every pair, activation scores on the first ``check_items`` (or all)."""
     from tqdm.auto import tqdm
@@ -163,7 +163,7 @@ def score_condition(
     shared = prefix_cache(model, pairs[0].clean_ids[:n_shared]) if n_shared else None
     t_prefix = time.perf_counter() - start
     t_attr = t_act = 0.0
-    for i, pair in enumerate(tqdm(pairs, desc=desc, unit="pair", file=sys.stderr, disable=not progress)):
+    for i, pair in enumerate(tqdm(pairs, desc=desc, unit="pair", file=sys.stderr, disable=not show_progress)):
         start = time.perf_counter()
         attribution.append(attribution_scores(model, pair, comps, prefix=shared))
         t_attr += time.perf_counter() - start
@@ -294,7 +294,7 @@ def run_circuits(config: CircuitsConfig, reuse: bool = False) -> dict[str, Any]:
             config.check_items,
             config.patch_batch,
             desc=f"{name} ({label})",
-            progress=config.progress,
+            show_progress=config.show_progress,
         )
         entry["timing"]["wall_s"] = time.perf_counter() - start
         conditions[name] = {"label": label, "model": "fine-tuned" if name == "ft" else "base", "shots": shots, **entry}

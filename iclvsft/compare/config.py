@@ -12,13 +12,14 @@ from iclvsft_tasks.cliutil import parse_int_list
 from iclvsft_tasks.data.spec import SPLITS, DataSpec
 from iclvsft_tasks.demos import DEFAULT_DRAWS, DEMO_MODES
 from iclvsft_tasks.errors import IclvsftError, one_line
+from iclvsft_tasks.lm_eval_glue import BACKEND_NAME
 from iclvsft_tasks.tasks.registry import parse_task_list
 from iclvsft_train.checkpoints import DTYPES_OR_AUTO
 
 #: Shipped experiments (``--config demo`` works as well as a path).
 EXPERIMENTS_DIR = Path(__file__).resolve().parent / "experiments"
 #: lm-eval model backends: ours (hf + shared-prefix KV reuse), lm-eval's hf, lm-eval's vllm.
-BACKENDS = ("iclvsft-hf", "hf", "vllm")
+BACKENDS = (BACKEND_NAME, "hf", "vllm")
 FT_MODES = ("per-task", "mixture")
 
 
@@ -45,7 +46,7 @@ class Experiment:
     dtype: str = "float32"
     device: str | None = None  # None: cuda when available, else cpu
     batch_size: int = 1  # one CPU thread gains nothing from batching, and pads
-    eval_backend: str = "iclvsft-hf"
+    eval_backend: str = BACKEND_NAME
     eval_args: dict[str, Any] = dataclasses.field(default_factory=dict)  # extra model args, e.g. tensor_parallel_size
     train_args: list[str] = dataclasses.field(default_factory=list)  # extra iclvsft-train / trl sft / accelerate flags
     circuits: bool = False  # after the comparison, the circuit-shift analysis at k* and n* (iclvsft circuits)

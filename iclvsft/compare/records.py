@@ -20,15 +20,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from iclvsft.compare.stats import wilson_interval
+from iclvsft_tasks.data.spec import HELD_OUT_SPLITS
 
 Record = dict[str, Any]
 
 #: The split that chooses k* and n*.
-SELECTION_SPLIT = "validation"
+SELECTION_SPLIT = HELD_OUT_SPLITS[0]
 #: The splits the verdict is stated on: items where the shortcut works, and where it fails.
-VERDICT_SPLITS = ("test", "test_broken")
-#: Every split a setting is evaluated on (never trained on), in reading order (files, tables, report).
-HELD_OUT_SPLITS = (SELECTION_SPLIT, *VERDICT_SPLITS)
+VERDICT_SPLITS = HELD_OUT_SPLITS[1:]
 CONDITION_NAMES = {"icl": "ICL", "ft": "FT"}
 
 

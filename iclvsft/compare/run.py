@@ -28,20 +28,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from iclvsft.compare.config import Experiment
-from iclvsft.compare.records import HELD_OUT_SPLITS
 from iclvsft_tasks.atomic import atomic_open, atomic_write_text, ensure_output_dir
 from iclvsft_tasks.cliutil import pin_cpu_threads, resolve_device
+from iclvsft_tasks.data.spec import HELD_OUT_SPLITS
 from iclvsft_tasks.data.splits import fingerprints
 from iclvsft_tasks.demos import fixed_demo_ids
 from iclvsft_tasks.errors import IclvsftError, one_line
 from iclvsft_tasks.lm_eval_configs import SHOTS, variant_name
+from iclvsft_tasks.lm_eval_glue import BACKEND_NAME
 from iclvsft_train.checkpoints import load_causal_lm
 
 if TYPE_CHECKING:  # the training add-on is an optional extra, imported where a fine-tune needs it
     from iclvsft_train.run_state import TrainingRun
 
 #: Backends built on lm-eval's HFLM (same arguments; ours adds shared-prefix KV reuse).
-HF_BACKENDS = ("iclvsft-hf", "hf")
+HF_BACKENDS = (BACKEND_NAME, "hf")
 CELLS_DIR = "cells"
 PREDICTIONS_DIR = "predictions"
 FT_DIR = "ft"
@@ -125,7 +126,7 @@ def load_lm(exp: Experiment, model_path: str, adapter: str | None = None):
     name, args = lm_spec(exp, model_path, adapter)
     hf = name in HF_BACKENDS
     extra = {"batch_size": exp.batch_size if hf else "auto", "device": _device(exp) if hf else None}
-    if name == "iclvsft-hf":
+    if name == BACKEND_NAME:
         from iclvsft_tasks.lm_eval_glue import register_backend
 
         register_backend()

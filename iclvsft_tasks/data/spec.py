@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
 #: Generation order, which is also the order in which splits win duplicates.
 SPLITS: tuple[str, ...] = ("test", "test_broken", "validation", "train")
+#: The splits a model is evaluated on, never trained on: validation (choices), then the two test splits.
+HELD_OUT_SPLITS: tuple[str, ...] = ("validation", "test", "test_broken")
 DEFAULT_SIZES: dict[str, int] = {"test": 500, "test_broken": 500, "validation": 200, "train": 20_000}
 #: Upper bound on any split, far above any use, so a typo like 10**9 fails at once.
 MAX_SPLIT_SIZE = 5_000_000
