@@ -274,7 +274,6 @@ def _ensure_converted(model: BuiltinModel, dtype: str, verbose: bool) -> Path:
                         + "\n",
                         encoding="utf-8",
                     )
-                    _make_readable(out)
 
                 atomic_write_dir(directory, fill)
     except IclvsftError:
@@ -296,15 +295,6 @@ def _version() -> str:
         return version("iclvsft")
     except Exception:  # running from a source tree without installing
         return "unknown"
-
-
-def _make_readable(directory: Path) -> None:
-    # mkdtemp makes the directory 0700 and safetensors writes 0600; the cache should follow the umask.
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(directory, 0o777 & ~mask)
-    for path in directory.rglob("*"):
-        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
 
 
 def sha256_file(path: Path) -> str:

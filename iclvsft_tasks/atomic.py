@@ -1,11 +1,16 @@
 """Every file the package writes goes through here: write to a temporary sibling, then rename.
 
 A crash, a full disk or Ctrl-C therefore never leaves a half-written file under the final name.
+Temporary siblings carry the writer's process id (``.<name>.<pid>.<random>.tmp``), so the next write
+of the same path removes those of writers that no longer run (a kill -9 leaves them behind) and
+never touches a live writer's. Files and folders end up with the permissions the umask gives any
+new file (``mkstemp``/``mkdtemp`` alone would leave them private to the owner).
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import shutil
 import tempfile
@@ -14,6 +19,60 @@ from pathlib import Path
 from typing import IO
 
 from iclvsft_tasks.errors import IclvsftError
+
+
+def _umask() -> int:
+    """The process's umask (read without changing it where /proc allows)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _follow_umask(directory: Path) -> None:
+    """Give a filled folder and everything in it the umask's permissions (``mkdtemp`` makes it 0700,
+    and writers such as safetensors make their files 0600)."""
+    mask = _umask()
+    os.chmod(directory, 0o777 & ~mask)
+    for path in directory.rglob("*"):
+        if not path.is_symlink():
+            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}.{os.getpid()}."
+
+
+def remove_stale_temps(path: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temporary siblings of ``path`` left by writers that no longer run; returns them."""
+    path = Path(path)
+    removed = []
+    for candidate in path.parent.glob(f".{glob.escape(path.name)}.*.*"):
+        pid = candidate.name[len(path.name) + 2 :].split(".", 1)[0]
+        if not candidate.name.endswith((".tmp", ".old")) or not pid.isdigit() or _alive(int(pid)):
+            continue
+        if candidate.is_dir() and not candidate.is_symlink():
+            shutil.rmtree(candidate, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                candidate.unlink()
+        removed.append(candidate)
+    return removed
 
 
 def _prepare_parent(path: Path) -> Path:
@@ -26,6 +85,7 @@ def _prepare_parent(path: Path) -> Path:
         raise IclvsftError(f"cannot write {path}: {exc.strerror}") from None
     if path.is_dir() and not path.is_symlink():
         raise IclvsftError(f"cannot write {path}: it is a directory")
+    remove_stale_temps(path)
     return parent
 
 
@@ -35,13 +95,14 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO]:
     path = Path(path)
     parent = _prepare_parent(path)
     try:
-        fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=parent, prefix=_temp_prefix(path), suffix=".tmp")
     except OSError as exc:
         raise IclvsftError(f"cannot write {path}: {exc.strerror}") from None
     try:
         encoding = None if "b" in mode else "utf-8"
         with os.fdopen(fd, mode, encoding=encoding) as handle:
             yield handle
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -76,15 +137,17 @@ def atomic_write_dir(path: str | os.PathLike[str], fill: Callable[[Path], None])
     parent = path.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp"))
+        remove_stale_temps(path)
+        tmp = Path(tempfile.mkdtemp(dir=parent, prefix=_temp_prefix(path), suffix=".tmp"))
     except (FileExistsError, NotADirectoryError):
         raise IclvsftError(f"cannot write {path}: {parent} is not a directory") from None
     except OSError as exc:
         raise IclvsftError(f"cannot write {path}: {exc.strerror}") from None
     try:
         fill(tmp)
+        _follow_umask(tmp)
         if path.exists():
-            old = Path(tempfile.mkdtemp(dir=parent, prefix=f".{path.name}.", suffix=".old"))
+            old = Path(tempfile.mkdtemp(dir=parent, prefix=_temp_prefix(path), suffix=".old"))
             os.replace(path, old / "previous")
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)
