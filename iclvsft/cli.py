@@ -16,6 +16,7 @@ from iclvsft_tasks.atomic import atomic_open, atomic_write_dir
 from iclvsft_tasks.cliutil import (
     OneLineParser,
     add_split_size_flags,
+    add_version_flag,
     data_from_flags,
     non_negative_int,
     positive_int,
@@ -210,6 +211,7 @@ def cmd_circuits(args: argparse.Namespace) -> int:
 
 def build_parser() -> OneLineParser:
     parser = OneLineParser(prog=PROG, description="Implicit-pattern tasks: ICL vs fine-tuning.")
+    add_version_flag(parser, ("lm_eval", "transformers", "trl", "peft", "torch"))
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     tasks = sub.add_parser("tasks", help="list the tasks")
     tasks.set_defaults(run=cmd_tasks)

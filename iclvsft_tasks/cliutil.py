@@ -12,6 +12,33 @@ from iclvsft_tasks.data.spec import SPLITS, DataSpec
 from iclvsft_tasks.errors import IclvsftError
 
 
+def version_line(prog: str, packages: Sequence[str] = ("lm_eval", "transformers", "torch")) -> str:
+    """``prog 0.1.0 (lm_eval 0.4.13, ...)``: our version and the installed versions of what it drives,
+    read from package metadata (nothing is imported)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from iclvsft_tasks import __version__
+
+    found = []
+    for package in packages:
+        try:
+            found.append(f"{package} {version(package)}")
+        except PackageNotFoundError:
+            found.append(f"{package} not installed")
+    return f"{prog} {__version__} ({', '.join(found)})"
+
+
+def add_version_flag(parser: argparse.ArgumentParser, packages: Sequence[str] = ("lm_eval", "transformers", "torch")):
+    """``--version``: print :func:`version_line` (unwrapped, unlike argparse's version action) and exit."""
+
+    class _Version(argparse.Action):
+        def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+            print(version_line(parser.prog, packages))
+            parser.exit()
+
+    parser.add_argument("--version", nargs=0, action=_Version, help="print the versions and exit")
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse that reports a bad flag in one line (plus nothing else) and exits with 2."""
 

@@ -23,9 +23,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from iclvsft_tasks.atomic import atomic_write_dir
-from iclvsft_tasks.cliutil import flag_value, run_cli
+from iclvsft_tasks.cliutil import flag_value, run_cli, version_line
 from iclvsft_tasks.errors import IclvsftError, one_line
-from iclvsft_tasks.lm_eval_glue import register_backend, tasks_dir
+from iclvsft_tasks.lm_eval_glue import BACKEND_NAME, register_backend, tasks_dir
 
 PROG = "iclvsft-eval"
 _SUBCOMMANDS = ("run", "ls", "validate")
@@ -224,7 +224,31 @@ def _one_line_model_errors() -> None:
         setattr(LM, name, classmethod(create))
 
 
+#: Printed above lm-eval's own help: what iclvsft-eval adds to it.
+HELP_HEADER = f"""\
+{PROG}: lm-eval's command line with iclvsft's pattern tasks added (every lm_eval argument and
+subcommand works as in lm_eval; our task folder is included for you, alongside your --include_path).
+
+iclvsft's additions:
+  {PROG} register      copy iclvsft's task YAMLs into the installed lm-eval, so a bare `lm_eval` finds them
+  {PROG} unregister    remove that copy
+  {PROG} status        whether a bare `lm_eval` sees iclvsft's tasks (not registered / current / stale)
+  {PROG} --version     the versions of iclvsft, lm-eval, transformers and torch
+  --model {BACKEND_NAME}   lm-eval's hf backend that computes a prompt prefix shared by many requests once
+                       (same --model_args as hf, plus prefix_cache_mb, min_prefix_tokens, prefix_batch_size)
+  tasks                `iclvsft tasks` lists them; e.g. --tasks parity_pattern_4shot,parity_pattern_broken_4shot
+  --metadata           '{{"iclvsft_seed": 1, "iclvsft_test_size": 200, "iclvsft_demos": "fixed", "iclvsft_draw": 2}}'
+
+lm-eval's help follows.
+"""
+
+
 def _main(argv: Sequence[str]) -> int:
+    if list(argv) == ["--version"]:
+        print(version_line(PROG))
+        return 0
+    if not argv or argv[0] in ("-h", "--help"):
+        print(HELP_HEADER, flush=True)
     if argv and argv[0] in ("register", "unregister", "status"):
         if len(argv) > 1:
             raise IclvsftError(f"`{PROG} {argv[0]}` takes no arguments")

@@ -172,3 +172,27 @@ def test_console_scripts_are_installed():
         assert (bin_dir / script).exists(), script
     proc = subprocess.run([str(bin_dir / "iclvsft"), "tasks"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "parity_pattern" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("command", "driven"),
+    [("iclvsft", "lm_eval"), ("iclvsft-train", "trl"), ("iclvsft-eval", "lm_eval")],
+)
+def test_every_command_says_its_version(command, driven):
+    import iclvsft_tasks
+
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / command), "--version"], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    [line] = proc.stdout.splitlines()
+    assert line.startswith(f"{command} {iclvsft_tasks.__version__} (") and f"{driven} " in line
+
+
+def test_iclvsft_eval_help_names_what_it_adds(capsys):
+    from iclvsft_tasks import eval_cli
+
+    assert eval_cli.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for addition in ("register", "unregister", "status", "--model iclvsft-hf", "--version", "usage: lm-eval"):
+        assert addition in out

@@ -12,7 +12,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from iclvsft_tasks.cliutil import OneLineParser, add_split_size_flags, data_from_flags, parse_int_list, run_cli
+from iclvsft_tasks.cliutil import (
+    OneLineParser,
+    add_split_size_flags,
+    add_version_flag,
+    data_from_flags,
+    parse_int_list,
+    run_cli,
+)
 from iclvsft_tasks.data.spec import DEFAULT_SIZES
 from iclvsft_train.launch import TrainOptions, recipe_names, run
 from iclvsft_train.merge import merge_adapter
@@ -43,6 +50,7 @@ def build_parser() -> OneLineParser:
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
     parser.add_argument("--dry-run", action="store_true", help="prepare the run and print the trl command only")
     add_split_size_flags(parser, DEFAULT_SIZES, "must match the evaluation's to guarantee no overlap")
+    add_version_flag(parser, ("trl", "transformers", "peft", "accelerate", "torch"))
     return parser
 
 
