@@ -10,7 +10,6 @@ Public API::
 from iclvsft_tasks.data.spec import DataSpec
 from iclvsft_tasks.data.splits import SPLITS, SplitSpec, build_split, build_splits, fingerprint, fingerprints
 from iclvsft_tasks.errors import IclvsftError
-from iclvsft_tasks.lm_eval_glue import task_manager, tasks_dir
 from iclvsft_tasks.prompts import render_completion, render_prompt
 from iclvsft_tasks.scoring import extract_answer, is_correct
 from iclvsft_tasks.tasks.registry import TASKS, get_task, task_names
@@ -36,3 +35,13 @@ __all__ = [
     "task_names",
     "tasks_dir",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # The lm-eval glue imports lm-eval; loading it on first use keeps `import iclvsft_tasks` (and so
+    # `iclvsft-eval status`, which must explain a missing lm-eval in one line) working without it.
+    if name in ("task_manager", "tasks_dir"):
+        from iclvsft_tasks import lm_eval_glue
+
+        return getattr(lm_eval_glue, name)
+    raise AttributeError(f"module 'iclvsft_tasks' has no attribute {name!r}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.util
 import inspect
 import json
 import re
@@ -25,7 +26,6 @@ from pathlib import Path
 from iclvsft_tasks.atomic import atomic_write_dir
 from iclvsft_tasks.cliutil import flag_value, run_cli, version_line
 from iclvsft_tasks.errors import IclvsftError, one_line
-from iclvsft_tasks.lm_eval_glue import BACKEND_NAME, register_backend, tasks_dir
 
 PROG = "iclvsft-eval"
 _SUBCOMMANDS = ("run", "ls", "validate")
@@ -33,6 +33,16 @@ _SUBCOMMANDS = ("run", "ls", "validate")
 REGISTERED_DIR = "iclvsft"
 _STAMP = "iclvsft_registered.json"
 _SHOT_VARIANT = re.compile(r"_(\d+)shot$")
+
+
+def _glue():
+    """The lm-eval glue, imported on first use: without lm-eval installed, `status` and every other
+    command say so in one line instead of failing on import."""
+    if importlib.util.find_spec("lm_eval") is None:
+        raise IclvsftError("lm_eval is not installed in this environment (pip install 'lm_eval>=0.4.13,<0.5')")
+    from iclvsft_tasks import lm_eval_glue
+
+    return lm_eval_glue
 
 
 def _has_flag(argv: Sequence[str], *names: str) -> bool:
@@ -77,7 +87,7 @@ def num_fewshot_warnings(argv: Sequence[str]) -> list[str]:
 
 def _our_names() -> set[str]:
     """Task and group names defined by our YAMLs (their file names)."""
-    return {p.stem for p in Path(tasks_dir()).rglob("*.yaml") if not p.name.startswith("_")}
+    return {p.stem for p in Path(_glue().tasks_dir()).rglob("*.yaml") if not p.name.startswith("_")}
 
 
 # --- the registered copy inside lm-eval's task folder ---------------------------------------------
@@ -119,14 +129,14 @@ def registration_state() -> tuple[str, Path]:
         recorded = json.loads(stamp.read_text(encoding="utf-8")).get("content_hash")
     except (OSError, ValueError):
         return "stale", target
-    current = recorded == _content_hash(Path(tasks_dir())) == _content_hash(target)
+    current = recorded == _content_hash(Path(_glue().tasks_dir())) == _content_hash(target)
     return ("current" if current else "stale"), target
 
 
 def register() -> str:
     if lm_eval_has_task_plugins():
         return "not needed: this lm-eval discovers iclvsft's tasks through its lm_eval.tasks entry point"
-    source = Path(tasks_dir())
+    source = Path(_glue().tasks_dir())
     target = _lm_eval_tasks_folder() / REGISTERED_DIR
     if target.exists() and not (target / _STAMP).is_file():
         raise IclvsftError(f"{target} exists and was not made by `{PROG} register`; not touching it")
@@ -200,11 +210,11 @@ def lm_eval_argv(argv: Sequence[str]) -> list[str]:
     if lm_eval_has_task_plugins() or registration_state()[0] == "current":
         return argv
     if _has_flag(argv, "--include_path", "--config", "-C"):
-        _prepend_our_tasks_in_task_manager(tasks_dir())
+        _prepend_our_tasks_in_task_manager(_glue().tasks_dir())
         return argv
     if argv[0] in _SUBCOMMANDS:
-        return [argv[0], "--include_path", tasks_dir(), *argv[1:]]
-    return ["run", "--include_path", tasks_dir(), *argv]
+        return [argv[0], "--include_path", _glue().tasks_dir(), *argv[1:]]
+    return ["run", "--include_path", _glue().tasks_dir(), *argv]
 
 
 def _one_line_model_errors() -> None:
@@ -234,7 +244,7 @@ iclvsft's additions:
   {PROG} unregister    remove that copy
   {PROG} status        whether a bare `lm_eval` sees iclvsft's tasks (not registered / current / stale)
   {PROG} --version     the versions of iclvsft, lm-eval, transformers and torch
-  --model {BACKEND_NAME}   lm-eval's hf backend that computes a prompt prefix shared by many requests once
+  --model iclvsft-hf   lm-eval's hf backend that computes a prompt prefix shared by many requests once
                        (same --model_args as hf, plus prefix_cache_mb, min_prefix_tokens, prefix_batch_size)
   tasks                `iclvsft tasks` lists them; e.g. --tasks parity_pattern_4shot,parity_pattern_broken_4shot
   --metadata           '{{"iclvsft_seed": 1, "iclvsft_test_size": 200, "iclvsft_demos": "fixed", "iclvsft_draw": 2}}'
@@ -257,7 +267,7 @@ def _main(argv: Sequence[str]) -> int:
     for warning in num_fewshot_warnings(argv):
         print(warning, file=sys.stderr)
     new_argv = lm_eval_argv(argv)
-    register_backend()  # --model iclvsft-hf
+    _glue().register_backend()  # --model iclvsft-hf
     _one_line_model_errors()
     from lm_eval.__main__ import cli_evaluate
 

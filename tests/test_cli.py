@@ -196,3 +196,21 @@ def test_iclvsft_eval_help_names_what_it_adds(capsys):
     out = capsys.readouterr().out
     for addition in ("register", "unregister", "status", "--model iclvsft-hf", "--version", "usage: lm-eval"):
         assert addition in out
+
+
+@pytest.mark.parametrize("command", ["status", "register", "--version"])
+def test_iclvsft_eval_without_lm_eval_says_so_in_one_line(command):
+    # sys.modules[name] = None makes both `import lm_eval` and find_spec("lm_eval") see no lm-eval.
+    code = (
+        "import sys; sys.modules['lm_eval'] = None; from iclvsft_tasks.eval_cli import main; "
+        f"sys.exit(main([{command!r}]))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    if command == "--version":
+        assert proc.returncode == 0 and "lm_eval" in proc.stdout
+        return
+    assert proc.returncode == 2, proc.stderr
+    assert (
+        proc.stderr
+        == "iclvsft-eval: error: lm_eval is not installed in this environment (pip install 'lm_eval>=0.4.13,<0.5')\n"
+    )
