@@ -19,6 +19,7 @@ from iclvsft_tasks.cliutil import (
     add_version_flag,
     data_from_flags,
     non_negative_int,
+    parse_int_list,
     positive_int,
     run_cli,
 )
@@ -56,7 +57,36 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_trl(args: argparse.Namespace) -> int:
+    """The training records of ``iclvsft-train`` as a folder that ``trl sft --dataset_name`` loads as it is."""
+    from iclvsft_train.data import DataOptions, build_records, write_records
+
+    if args.split not in (None, "train"):
+        raise IclvsftError("--format trl exports fine-tuning data, which comes from the train split; drop --split")
+    if args.samples is None:
+        raise IclvsftError("--format trl needs --samples (how many training records, as for iclvsft-train)")
+    if args.size is not None:
+        raise IclvsftError("--format trl takes --samples, not --size (--train-size sets the pool they come from)")
+    shots = parse_int_list(args.train_shots, "--train-shots")
+    options = DataOptions.create(args.task, args.samples, data_from_flags(args, seed=args.seed), shots)
+    with _progress_bar(args.samples, "training records") as bar:
+        records = build_records(options, progress=bar.update)
+    out = Path(args.out)
+    atomic_write_dir(out, lambda directory: write_records(records, directory))
+    print(
+        f"wrote {len(records):,} prompt/completion records of {', '.join(options.tasks)} (seed {options.data.seed}) "
+        f"to {out}; train on them with: trl sft --dataset_name {out} --model_name_or_path MODEL ...",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
+    if args.format == "trl":
+        return _export_trl(args)
+    if args.samples is not None or args.train_shots != "0":
+        raise IclvsftError("--samples and --train-shots belong to --format trl")
+    args.split = args.split or "test"
     if args.size is not None:
         setattr(args, f"{args.split}_size", args.size)
     tasks = parse_task_list(args.task)
@@ -218,16 +248,26 @@ def build_parser() -> OneLineParser:
 
     data = sub.add_parser("data", help="export splits or print their fingerprints")
     data_sub = data.add_subparsers(dest="data_command", required=True, parser_class=OneLineParser)
-    export = data_sub.add_parser("export", help="write one split of one task as JSONL or a datasets directory")
-    export.add_argument("--task", required=True, help="task name (see `iclvsft tasks`)")
-    export.add_argument("--split", default="test", choices=SPLITS)
+    export = data_sub.add_parser(
+        "export",
+        help="write one split of one task as JSONL or a datasets directory, or fine-tuning records for trl sft",
+    )
+    export.add_argument(
+        "--task", required=True, help="task name (see `iclvsft tasks`); --format trl: several, comma-separated, mix"
+    )
+    export.add_argument("--split", choices=SPLITS, help="default test (--format trl: train, the only choice)")
     export.add_argument("--size", type=non_negative_int, help="items in the exported split (default: its default size)")
-    export.add_argument("--out", required=True, help="output file (jsonl) or directory (hf)")
+    export.add_argument("--out", required=True, help="output file (jsonl) or directory (hf, trl)")
     export.add_argument(
         "--format",
-        choices=("jsonl", "hf"),
+        choices=("jsonl", "hf", "trl"),
         default="jsonl",
-        help="jsonl: one item per line; hf: a datasets.save_to_disk directory",
+        help="jsonl: one item per line; hf: a datasets.save_to_disk directory; trl: a directory holding train.jsonl "
+        "with the prompt/completion records iclvsft-train trains on, for `trl sft --dataset_name DIR`",
+    )
+    export.add_argument("--samples", type=positive_int, help="--format trl: training records (as iclvsft-train's)")
+    export.add_argument(
+        "--train-shots", default="0", help="--format trl: mix k-shot prompts in, e.g. 0,1,2,4 (as iclvsft-train's)"
     )
     _add_split_options(export)
     export.set_defaults(run=cmd_export)
