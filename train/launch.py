@@ -84,11 +84,15 @@ def load_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
-def load_recipe(name: str) -> dict[str, Any]:
-    path = RECIPES_DIR / f"{name}.yaml"
-    if not path.is_file():
+def check_recipe(name: str) -> str:
+    """``name`` if it is a shipped recipe; a name is never a path (``../x`` would load any YAML)."""
+    if name not in recipe_names():
         raise IclvsftError(f"unknown recipe {name!r}; recipes: {', '.join(recipe_names())}")
-    return load_yaml_mapping(path, "recipe")
+    return name
+
+
+def load_recipe(name: str) -> dict[str, Any]:
+    return load_yaml_mapping(RECIPES_DIR / f"{check_recipe(name)}.yaml", "recipe")
 
 
 def platform_defaults(cuda: bool | None = None) -> dict[str, Any]:

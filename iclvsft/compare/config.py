@@ -15,6 +15,7 @@ from iclvsft_tasks.errors import IclvsftError, one_line
 from iclvsft_tasks.lm_eval_glue import BACKEND_NAME
 from iclvsft_tasks.tasks.registry import parse_task_list
 from iclvsft_train.checkpoints import DTYPES_OR_AUTO
+from iclvsft_train.launch import check_recipe
 
 #: Shipped experiments (``--config demo`` works as well as a path).
 EXPERIMENTS_DIR = Path(__file__).resolve().parent / "experiments"
@@ -59,6 +60,7 @@ class Experiment:
         self.shots = _int_list("shots", self.shots, minimum=0)
         self.ft_samples = _int_list("ft_samples", self.ft_samples, minimum=1, allow_empty=True)
         self.train_shots = _int_list("train_shots", self.train_shots, minimum=0)
+        check_recipe(str(self.recipe))  # a recipe name, never a path: it also names the fine-tune's folder
         if self.test_broken_size is None:
             self.test_broken_size = self.test_size
         self.data = DataSpec(
