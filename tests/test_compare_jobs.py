@@ -155,7 +155,7 @@ def test_a_dead_worker_or_ctrl_c_ends_the_run_in_one_line_keeping_finished_cells
     _, stderr = process.communicate(timeout=120)
     lines = _error_lines(stderr)
     assert process.returncode == 2 and "Traceback" not in stderr, stderr[-3000:]
-    assert "worker process died (exit status -9)" in lines[-1] and len([x for x in lines if "error:" in x]) == 1
+    assert "worker process died" in lines[-1] and len([x for x in lines if "error:" in x]) == 1
     _assert_none_left(_worker_pids(out))
     finished = _cells(out)
     assert finished >= 1

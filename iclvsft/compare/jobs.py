@@ -154,7 +154,11 @@ def _init_worker(events: Any, threads: int, logs: Path) -> None:
     os.environ["OMP_NUM_THREADS"] = str(threads)  # read by iclvsft-train's trl sft subprocess too
     os.environ["TQDM_DISABLE"] = "1"  # bars that honour it stay out of the log
     import torch
+    import tqdm
 
+    # A thread lock for lm-eval's bars: tqdm's default multiprocessing lock is a semaphore that a
+    # killed worker would leave behind (and the resource tracker would warn about it).
+    tqdm.tqdm.set_lock(threading.RLock())
     torch.set_num_threads(threads)
     with contextlib.suppress(RuntimeError):  # only settable before any inter-op work
         torch.set_num_interop_threads(1)
@@ -294,12 +298,10 @@ def run_parallel(
     except BaseException as exc:
         _stop(executor, processes)
         if isinstance(exc, BrokenProcessPool):
-            codes = sorted({p.exitcode for p in processes.values() if p.exitcode not in (0, None)})
             raise IclvsftError(
-                f"a compare worker process died (exit status {', '.join(map(str, codes)) or 'unknown'}) "
-                "while running: "
+                f"a compare worker process died (its output: {run.out / LOGS_DIR}) while running one of: "
                 + "; ".join(u.label for u in in_flight.values())
-                + f" (its output: {run.out / LOGS_DIR}); finished cells are kept: rerun the same command to resume"
+                + ". Finished cells are kept: rerun the same command to resume"
             ) from None
         raise
     finally:
