@@ -14,9 +14,9 @@ write the same cell (cells are written atomically under their own keys, as in on
 
 ``jobs`` decides how the work is spread, never what it computes: no cell key or training hash
 includes it, so results and resume do not depend on it. The parent keeps the one progress bar
-(workers report each stored cell) and, on a worker's error, a dead worker or Ctrl-C, ends every
-worker with its subprocesses: each worker leads its own process group, and ends that group when
-the parent disappears.
+(workers report each stored cell; their own output goes to ``<out>/logs/``) and, on a worker's
+error, a dead worker or Ctrl-C, ends every worker with its subprocesses: each worker leads its own
+process group, and ends that group when the parent disappears.
 """
 
 from __future__ import annotations
