@@ -177,6 +177,7 @@ def cmd_compare(args: argparse.Namespace, extra: list[str]) -> int:
         "dtype": args.dtype,
         "device": args.device,
         "batch_size": args.batch_size,
+        "jobs": args.jobs,
         "eval_backend": args.eval_backend,
         "eval_args": _parse_eval_args(args.eval_args),
         "demos": args.demos,
@@ -308,6 +309,13 @@ def build_parser() -> OneLineParser:
     cmp_.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     # Counts that must be >= 1 are checked by Experiment, by one rule whether they come from the YAML or a flag.
     cmp_.add_argument("--batch-size", type=non_negative_int)
+    cmp_.add_argument(
+        "--jobs",
+        type=non_negative_int,
+        help="worker processes of one torch thread each (OMP_NUM_THREADS if set) for cells and fine-tunes "
+        "(default: the physical cores on CPU, 1 on GPU); 1 runs everything in this process. "
+        "Results do not depend on it",
+    )
     cmp_.add_argument(
         "--demos",
         choices=DEMO_MODES,

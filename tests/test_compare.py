@@ -163,7 +163,7 @@ def test_a_killed_run_resumes_to_the_same_results(full_run, tiny_llama, tmp_path
 
 
 def test_a_changed_generator_invalidates_cells_instead_of_mixing(tiny_llama, tmp_path, monkeypatch):
-    exp = Experiment(model=str(tiny_llama), out=str(tmp_path / "inv"), ft_samples=[], **SMALL)
+    exp = Experiment(model=str(tiny_llama), out=str(tmp_path / "inv"), ft_samples=[], jobs=1, **SMALL)  # patched here
     compare_run.run_compare(exp)
     first = json.loads((tmp_path / "inv" / "results.json").read_text())
     calls = []

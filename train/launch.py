@@ -446,7 +446,7 @@ def prepare(options: TrainOptions) -> dict[str, Any]:
             "passthrough_flags",
             "milestones",
         ):
-            if previous.get(key) != manifest[key]:
+            if _resume_view(key, previous.get(key)) != _resume_view(key, manifest[key]):
                 raise IclvsftError(
                     f"--resume needs the same options as the interrupted run, but {key} differs "
                     f"(see {output_dir / MANIFEST})"
@@ -465,6 +465,15 @@ def prepare(options: TrainOptions) -> dict[str, Any]:
     atomic_write_text(output_dir / RESOLVED, yaml.safe_dump(resolved, sort_keys=False))
     _write_manifest(output_dir, manifest)
     return manifest
+
+
+def _resume_view(key: str, value: Any) -> Any:
+    """A manifest field as --resume compares it: the thread count in the resolved config's ``env`` may
+    differ (it follows this process's OMP_NUM_THREADS, e.g. in an ``iclvsft compare --jobs`` worker)."""
+    if key != "resolved_config" or not isinstance(value, dict):
+        return value
+    env = {k: v for k, v in (value.get("env") or {}).items() if k != "OMP_NUM_THREADS"}
+    return {**{k: v for k, v in value.items() if k != "env"}, **({"env": env} if env else {})}
 
 
 def trl_command(output_dir: Path, passthrough: Sequence[str], resume_from: Path | None = None) -> list[str]:

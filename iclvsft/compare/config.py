@@ -47,6 +47,9 @@ class Experiment:
     dtype: str = "float32"
     device: str | None = None  # None: cuda when available, else cpu
     batch_size: int = 1  # one CPU thread gains nothing from batching, and pads
+    #: Worker processes for cells and fine-tunes (None: physical cores on CPU, 1 on GPU; see compare.jobs).
+    #: How the work is spread, never what it computes: no cell key or training hash includes it.
+    jobs: int | None = None
     eval_backend: str = BACKEND_NAME
     eval_args: dict[str, Any] = dataclasses.field(default_factory=dict)  # extra model args, e.g. tensor_parallel_size
     train_args: list[str] = dataclasses.field(default_factory=list)  # extra iclvsft-train / trl sft / accelerate flags
@@ -88,6 +91,8 @@ class Experiment:
                 "draws apply to fixed demonstrations (demos: fixed); per-item demonstrations "
                 "are drawn afresh for every item"
             )
+        if self.jobs is not None and (isinstance(self.jobs, bool) or not isinstance(self.jobs, int) or self.jobs < 1):
+            raise IclvsftError(f"jobs must be an integer >= 1, got {self.jobs!r}")
         if self.batch_size < 1:
             raise IclvsftError(f"batch_size must be at least 1, got {self.batch_size}")
         if self.eval_backend not in BACKENDS:

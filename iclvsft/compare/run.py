@@ -8,8 +8,9 @@ skips finished cells, a killed run resumes, and a changed generator (a new finge
 cells instead of mixing with old ones.
 
 Order: plan (all checks, nothing evaluated), ICL cells on the base model, then per fine-tune:
-train (or resume) with ``iclvsft-train``, evaluate each milestone at 0 shots. Finally the
-validation split chooses the reported k and n, and results, plots and the report are written;
+train (or resume) with ``iclvsft-train``, evaluate each milestone at 0 shots. With ``jobs`` > 1 the
+same work runs in worker processes instead (``iclvsft.compare.jobs``), with the same cells and keys.
+Finally the validation split chooses the reported k and n, and results, plots and the report are written;
 with ``circuits`` on, the circuit-shift analysis runs at k* and n* first and the report ends with its section.
 """
 
@@ -249,6 +250,67 @@ class CellStore:
         return record
 
 
+@dataclasses.dataclass(frozen=True)
+class RunContext:
+    """What every cell of one run shares: picklable, so that worker processes get it whole."""
+
+    exp: Experiment
+    out: Path
+    model_path: str
+    label: str
+    context: dict[str, Any]  # the key fields shared by every cell (model, seeds, dtype, backend)
+    split_fps: dict[str, dict[str, str]]  # task -> split -> fingerprint
+
+    def key_of(self, cell: Cell) -> str:
+        return cell.key({**self.context, "fingerprint": self.split_fps[cell.task][cell.split]})
+
+
+class CellRunner:
+    """Evaluates cells and stores each as it finishes; one per process (it caches lm-eval TaskManagers)."""
+
+    def __init__(self, run: RunContext) -> None:
+        self.run = run
+        self.store = CellStore(run.out)
+        self._managers: dict[int, Any] = {}
+
+    def manager_for(self, cell: Cell) -> Any:
+        """One lm-eval TaskManager per demonstration draw (its metadata selects the draw)."""
+        from iclvsft_tasks.lm_eval_glue import task_manager
+
+        if cell.draw not in self._managers:
+            demos = {"demos": "fixed", "draw": cell.draw} if cell.draw else {}
+            self._managers[cell.draw] = task_manager(data=self.run.exp.data, **demos)
+        return self._managers[cell.draw]
+
+    def evaluate(self, cell: Cell, lm: Any, extra: dict[str, Any]) -> dict[str, Any]:
+        """Evaluate ``cell`` with ``lm`` and store it; returns its stored record."""
+        run = self.run
+        record, predictions = evaluate_cell(lm, self.manager_for(cell), run.exp, cell)
+        record.update(
+            {"model": run.label, "seed": run.exp.data.seed, "fingerprint": run.split_fps[cell.task][cell.split]}
+        )
+        record.update(extra)
+        return self.store.put(run.key_of(cell), record, predictions)
+
+
+def milestone_lm(exp: Experiment, model_path: str, trained: TrainingRun, samples: int) -> tuple[Any, dict[str, Any]]:
+    """The model of a finished fine-tune's milestone, and the fields its cells' records add."""
+    milestone = trained.milestone(samples)
+    path = str(milestone.path)
+    lm = load_lm(exp, model_path, adapter=path) if milestone.adapter else load_lm(exp, path)
+    return lm, {"train_tokens": milestone.training_tokens(), "checkpoint": path}
+
+
+def icl_label(cell: Cell) -> str:
+    """The bar's note for an ICL cell."""
+    return f"ICL {cell.task} k={cell.shots}{f' draw {cell.draw}' if cell.draw else ''} {cell.split}"
+
+
+def ft_label(cell: Cell) -> str:
+    """The bar's note for an FT cell."""
+    return f"FT {cell.task} n={cell.ft_samples} {cell.split}"
+
+
 def _trainings(exp: Experiment, model_id: dict[str, Any], out: Path) -> list[Training]:
     if not exp.ft_samples:
         return []
@@ -336,17 +398,60 @@ def ensure_trained(exp: Experiment, model_path: str, training: Training, logging
     return TrainingRun.load(training.directory)
 
 
+def _run_in_process(
+    run: RunContext,
+    todo: list[Cell],
+    trainings: list[Training],
+    logging_flags: dict[str, list[str]],
+    new_bar: Callable[[], Any],
+    records: dict[str, dict[str, Any]],
+) -> None:
+    """``jobs`` 1: every cell in this process, ICL first, then each fine-tune and its milestones."""
+    exp, model_path = run.exp, run.model_path
+    runner = CellRunner(run)
+    icl_todo = [c for c in todo if c.condition == "icl"]
+    lm = load_lm(exp, model_path) if icl_todo else None  # a model that fails to load fails before any bar
+    bar = new_bar()
+
+    def finish(cell: Cell, lm: Any, extra: dict[str, Any]) -> None:
+        records[run.key_of(cell)] = runner.evaluate(cell, lm, extra)
+        bar.update(1)
+
+    try:
+        for cell in icl_todo:
+            bar.set_postfix_str(icl_label(cell))
+            finish(cell, lm, {"train_tokens": 0})
+        del lm
+        for training in trainings:
+            ft_todo = [c for c in todo if c.training == training]
+            if not ft_todo:
+                continue
+            bar.set_postfix_str(f"training {training.name}")
+            trained = ensure_trained(exp, model_path, training, logging_flags.get(training.name, []))
+            for samples in exp.ft_samples:
+                milestone_cells = [c for c in ft_todo if c.ft_samples == samples]
+                if not milestone_cells:
+                    continue
+                lm, extra = milestone_lm(exp, model_path, trained, samples)
+                for cell in milestone_cells:
+                    bar.set_postfix_str(ft_label(cell))
+                    finish(cell, lm, extra)
+                del lm
+    finally:
+        bar.close()  # ends the bar's line, so an error message starts on its own
+
+
 def run_compare(
     exp: Experiment, command: Sequence[str] = (), progress: Callable[..., Any] | None = None
 ) -> dict[str, Any]:
     """Run (or resume) the whole comparison; returns the run's metadata (paths, choices, timing)."""
     from iclvsft.compare.circuit_section import run_circuit_analyses
+    from iclvsft.compare.jobs import default_jobs, run_parallel
     from iclvsft.compare.markdown import write_report
     from iclvsft.compare.records import Settings
     from iclvsft.compare.results import write_results
     from iclvsft.compare.summary import summary_table
     from iclvsft.models import model_label, resolve_model
-    from iclvsft_tasks.lm_eval_glue import task_manager
 
     started = time.perf_counter()
     out = ensure_output_dir(exp.out)
@@ -363,6 +468,7 @@ def run_compare(
         "backend": exp.eval_backend,
         "eval_args": exp.eval_args,
     }
+    run = RunContext(exp, out, model_path, label, context, split_fps)
     trainings = _trainings(exp, model_id, out)
 
     cells = [
@@ -377,73 +483,31 @@ def run_compare(
             Cell("ft", t, s, 0, n, training) for t in training.tasks for n in exp.ft_samples for s in HELD_OUT_SPLITS
         ]
 
-    def key_of(cell: Cell) -> str:
-        return cell.key({**context, "fingerprint": split_fps[cell.task][cell.split]})
-
     store = CellStore(out)
     records: dict[str, dict[str, Any]] = {}
     todo = []
     for cell in cells:
-        found = store.get(key_of(cell))
+        found = store.get(run.key_of(cell))
         if found is not None:
-            records[key_of(cell)] = found
+            records[run.key_of(cell)] = found
         else:
             todo.append(cell)
     logging_flags = (
         {t.name: plan_training(exp, model_path, t) for t in trainings} if any(c.condition == "ft" for c in todo) else {}
     )
-    threads = pin_cpu_threads(_device(exp))  # 2 busy cores ran 6-30x slower with 2 threads than 1
-    managers: dict[int, Any] = {}
-
-    def manager_for(cell: Cell) -> Any:
-        """One lm-eval TaskManager per demonstration draw (its metadata selects the draw)."""
-        if cell.draw not in managers:
-            demos = {"demos": "fixed", "draw": cell.draw} if cell.draw else {}
-            managers[cell.draw] = task_manager(data=exp.data, **demos)
-        return managers[cell.draw]
-
-    icl_todo = [c for c in todo if c.condition == "icl"]
-    lm = load_lm(exp, model_path) if icl_todo else None  # a model that fails to load fails before any bar
-
+    jobs = exp.jobs or default_jobs(_device(exp))
     from tqdm.auto import tqdm
 
-    bar = (progress or tqdm)(
-        total=len(cells), initial=len(cells) - len(todo), desc="cells", unit="cell", file=sys.stderr
-    )
+    def new_bar() -> Any:
+        return (progress or tqdm)(
+            total=len(cells), initial=len(cells) - len(todo), desc="cells", unit="cell", file=sys.stderr
+        )
 
-    def finish(cell: Cell, lm: Any, extra: dict[str, Any]) -> None:
-        record, predictions = evaluate_cell(lm, manager_for(cell), exp, cell)
-        record.update({"model": label, "seed": exp.data.seed, "fingerprint": split_fps[cell.task][cell.split], **extra})
-        records[key_of(cell)] = store.put(key_of(cell), record, predictions)
-        bar.update(1)
-
-    try:
-        for cell in icl_todo:
-            draw = f" draw {cell.draw}" if cell.draw else ""
-            bar.set_postfix_str(f"ICL {cell.task} k={cell.shots}{draw} {cell.split}")
-            finish(cell, lm, {"train_tokens": 0})
-        del lm
-        for training in trainings:
-            ft_todo = [c for c in todo if c.training == training]
-            if not ft_todo:
-                continue
-            bar.set_postfix_str(f"training {training.name}")
-            trained = ensure_trained(exp, model_path, training, logging_flags.get(training.name, []))
-            for samples in exp.ft_samples:
-                milestone_cells = [c for c in ft_todo if c.ft_samples == samples]
-                if not milestone_cells:
-                    continue
-                milestone = trained.milestone(samples)
-                path = str(milestone.path)
-                lm = load_lm(exp, model_path, adapter=path) if milestone.adapter else load_lm(exp, path)
-                tokens = milestone.training_tokens()
-                for cell in milestone_cells:
-                    bar.set_postfix_str(f"FT {cell.task} n={samples} {cell.split}")
-                    finish(cell, lm, {"train_tokens": tokens, "checkpoint": path})
-                del lm
-    finally:
-        bar.close()  # ends the bar's line, so an error message starts on its own
-
+    if jobs > 1 and todo:
+        threads = run_parallel(run, todo, trainings, logging_flags, jobs, new_bar, records)
+    else:
+        threads = pin_cpu_threads(_device(exp))  # 2 busy cores ran 6-30x slower with 2 threads than 1
+        _run_in_process(run, todo, trainings, logging_flags, new_bar, records)
     current = sorted(records.values(), key=lambda r: r["key"])
     meta = {
         "model": label,
@@ -463,6 +527,7 @@ def run_compare(
         "eval_backend": exp.eval_backend,
         "device": _device(exp),
         "torch_threads": threads,
+        "jobs": jobs,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "date": datetime.date.today().isoformat(),
         "command": " ".join(command),
