@@ -442,9 +442,12 @@ def _run_in_process(
 
 
 def run_compare(
-    exp: Experiment, command: Sequence[str] = (), progress: Callable[..., Any] | None = None
+    exp: Experiment, command: Sequence[str] = (), make_bar: Callable[..., Any] | None = None
 ) -> dict[str, Any]:
-    """Run (or resume) the whole comparison; returns the run's metadata (paths, choices, timing)."""
+    """Run (or resume) the whole comparison; returns the run's metadata (paths, choices, timing).
+
+    ``make_bar`` builds the one progress bar over all cells (tqdm's signature; default tqdm).
+    """
     from iclvsft.compare.circuit_section import run_circuit_analyses
     from iclvsft.compare.jobs import default_jobs, run_parallel
     from iclvsft.compare.markdown import write_report
@@ -499,7 +502,7 @@ def run_compare(
     from tqdm.auto import tqdm
 
     def new_bar() -> Any:
-        return (progress or tqdm)(
+        return (make_bar or tqdm)(
             total=len(cells), initial=len(cells) - len(todo), desc="cells", unit="cell", file=sys.stderr
         )
 
