@@ -423,38 +423,45 @@ class IclvsftHFLM(HFLM):
         return out
 
     def _batch_cache(self, prefix: Any, suffixes: list[tuple[int, ...]]) -> Any | None:
-        """A cache for the rows ``prefix + suffixes[r]``, left-padded to the longest, that ``generate`` resumes.
+        """A cache for the rows ``prefix + suffixes[r]`` left-padded to the longest, that ``generate`` resumes.
 
         Equal lengths: the prefix cache repeated per row (``generate`` prefills the suffixes together).
-        Otherwise each row's suffix but its last token runs alone on a copy of the prefix cache and the
-        row caches are stacked, each left-padded with zero states (masked by the attention mask) to the
-        widest; ``generate`` then runs every row's last prompt token together. None if a layer is empty.
+        Otherwise the suffixes but their last tokens run together, right-padded, on the repeated prefix
+        cache (causal attention keeps the pads out of the real states), with the sliding-window layers
+        keeping every state; then each row's real states are moved to the right end behind zero states
+        (masked by ``generate``'s attention mask) and a sliding layer keeps each row's last ``window - 1``.
+        ``generate`` then runs every row's last prompt token together. None if a layer cannot do this.
         """
+        rows = len(suffixes)
+        cache = copy.deepcopy(prefix)  # generate() appends to the cache: keep the stored one pristine
+        if rows > 1:
+            cache.batch_repeat_interleave(rows)
         if len({len(s) for s in suffixes}) == 1:
-            # generate() appends to the cache it is given: hand it a copy, keep the stored one pristine.
-            cache = copy.deepcopy(prefix)
-            if len(suffixes) > 1:
-                cache.batch_repeat_interleave(len(suffixes))
             return cache
-        caches = []
-        for suffix in suffixes:
-            cache = copy.deepcopy(prefix)
-            if len(suffix) > 1:
-                _, cache = self._forward([suffix[:-1]], cache, keep=1)
-            caches.append(cache)
-        total = prefix.get_seq_length() + max(len(s) for s in suffixes) - 1
-        stacked = caches[0]
-        for i, layer in enumerate(stacked.layers):
-            parts = [c.layers[i] for c in caches]
-            if not all(p.is_initialized and p.keys is not None and p.keys.numel() for p in parts):
+        sliding = [layer for layer in cache.layers if getattr(layer, "is_sliding", False)]
+        if not all(hasattr(layer, "activate_past_recording") for layer in sliding):
+            return None
+        for layer in sliding:
+            layer.activate_past_recording()  # keep the states a shorter row still sees after the pads
+        width = max(len(s) for s in suffixes) - 1
+        pad = self.tokenizer.pad_token_id or 0
+        _, cache = self._forward([s[:-1] + (pad,) * (width + 1 - len(s)) for s in suffixes], cache, keep=1)
+        total = prefix.get_seq_length() + width
+        for layer in cache.layers:
+            if not (layer.is_initialized and layer.keys is not None and layer.keys.numel()):
                 return None
-            # A sliding-window layer holds min(length, window - 1) states: the widest row fills it.
-            slots = max(p.keys.shape[-2] for p in parts)
-            layer.keys = torch.cat([F.pad(p.keys, (0, 0, slots - p.keys.shape[-2], 0)) for p in parts])
-            layer.values = torch.cat([F.pad(p.values, (0, 0, slots - p.values.shape[-2], 0)) for p in parts])
+            window = layer.sliding_window - 1 if getattr(layer, "is_sliding", False) else layer.keys.shape[-2]
+            slots = layer.keys.shape[-2]
+            reals = [slots - (width + 1 - len(s)) for s in suffixes]  # each row's states before its pads
+            keep = min(max(reals), window)
+            for name in ("keys", "values"):
+                states = getattr(layer, name)
+                parts = [states[r : r + 1, :, max(0, n - keep) : n] for r, n in enumerate(reals)]
+                setattr(layer, name, torch.cat([F.pad(p, (0, 0, keep - p.shape[-2], 0)) for p in parts]))
             if hasattr(layer, "cumulative_length"):
+                layer.record_past = False
                 layer.cumulative_length = total
-        return stacked
+        return cache
 
     # ----- loglikelihood -----
 
