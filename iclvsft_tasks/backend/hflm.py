@@ -63,8 +63,8 @@ neighbour that shares ``min_prefix_tokens``.) Groups of one go through ``HFLM``.
 Counters (``stats``, a dict snapshot, reset with ``reset_stats()``) for benchmarks; the token
 counters are a ``TokenStats``, the cache's are the ``PrefixCache``'s own. ``prompt_tokens`` is what ``hf``
 would run through the model for the same prompts; ``prefix_tokens`` the prefix tokens actually
-computed (once per LRU miss); ``suffix_tokens`` the tokens run after a cached prefix;
-``plain_tokens`` the prompt tokens computed by ``HFLM``'s own path (fallbacks);
+computed (once per LRU miss); ``suffix_tokens`` the tokens run after a cached prefix (not
+counting the pads of a padded batch); ``plain_tokens`` the prompt tokens computed by ``HFLM``'s own path (fallbacks);
 ``generated_tokens`` the new tokens of ``generate_until`` (in a batch, rows that have stopped
 still count until the batch stops: the model computes them); ``prefix_batches`` the ``generate``
 calls that started from a cached prefix. ``tokens_computed`` is
