@@ -15,7 +15,8 @@ and our tokens of new text per second against the limit's.
 ``--batching`` compares instead how ``iclvsft-hf`` batches a prefix group's prompts: the earlier
 scheme (equal-length prompts only, ``pad_batches=False``, ``prefix_batch_size=8``) against batches of
 any lengths at each ``--batch-sizes``, alternating the methods within each of ``--reps`` repetitions
-(medians reported), with ``hf`` run ``--hf-runs`` times as the reference for the predictions:
+(medians reported), with ``hf`` run ``--hf-runs`` times as the reference for the predictions
+(``--hf-runs 0``: no ``hf``; the equal-length scheme's first run is the reference):
 
     .venv/bin/python benchmarks/bench_prefix.py --batching --tasks relation_pattern,code_pattern \
         --shots 8,16 --items 200 --batch-sizes 8,16,32 --reps 3
@@ -166,7 +167,7 @@ def batching_rows(args, tasks, shots, hf, model, tokenizer, evaluate) -> None:
             pretrained=model, tokenizer=tokenizer, device="cpu", batch_size=1, prefix_batch_size=b
         )
     warm = lm_eval_task(tasks[0], "test", shots[0])[0]
-    for lm in (hf, *methods.values()):
+    for lm in ((hf,) if args.hf_runs else ()) + tuple(methods.values()):
         evaluate(lm, warm, limit=2)
 
     def predictions(result, name):
@@ -180,7 +181,7 @@ def batching_rows(args, tasks, shots, hf, model, tokenizer, evaluate) -> None:
             for _ in range(args.hf_runs):
                 seconds, result = evaluate(hf, name)
                 hf_times.append(seconds)
-            want = predictions(result, name)
+            want = predictions(result, name) if hf_times else None
             times: dict[str, list[float]] = {m: [] for m in methods}
             same: dict[str, int] = {}
             for rep in range(args.reps):
@@ -191,11 +192,12 @@ def batching_rows(args, tasks, shots, hf, model, tokenizer, evaluate) -> None:
                     seconds, result = evaluate(methods[m], name)
                     times[m].append(seconds)
                     got = predictions(result, name)
+                    want = got if want is None else want
                     same[m] = min(same.get(m, len(got)), sum(a == b for a, b in zip(want, got, strict=True)))
             row = {
                 "task": name,
                 "n": len(want),
-                "hf": statistics.median(hf_times),
+                "hf": statistics.median(hf_times) if hf_times else float("nan"),
                 **{m: statistics.median(t) for m, t in times.items()},
                 "all": {"hf": hf_times, **times},
                 "identical": same,
@@ -214,13 +216,14 @@ def batching_rows(args, tasks, shots, hf, model, tokenizer, evaluate) -> None:
         "| task | `hf` s | " + " | ".join(f"{m} s" for m in methods) + " | speed-up over equal-length, 8 | identical |"
     )
     print("|---|---:|" + "---:|" * len(methods) + "---|---|")
+    reference = "hf" if args.hf_runs else base
     for r in rows:
         ups = ", ".join(f"{b}: {r[base] / r[f'padded, {b}']:.2f}×" for b in sizes)
         same = ", ".join(f"{r['identical'][m]}" for m in methods)
         print(
             f"| `{r['task']}` | {r['hf']:.1f} | "
             + " | ".join(f"{r[m]:.1f}" for m in methods)
-            + f" | {ups} | {same} of {r['n']} |"
+            + f" | {ups} | {same} of {r['n']} (vs {reference}) |"
         )
 
 
