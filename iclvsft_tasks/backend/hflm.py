@@ -30,11 +30,12 @@ model_args="pretrained=...,prefix_cache_mb=256")``). It takes every ``hf`` argum
     once. ``1`` runs every request alone, exactly as ``hf`` with ``batch_size=1`` does.
 
 Batches of prompts with different lengths (see ``_model_generate`` and ``_loglikelihood_tokens``).
-In ``generate_until`` HFLM's own batching left-pads the prompts; each row's prompt after the prefix
-(less its last token) runs alone on a copy of the prefix cache, and the row caches are then stacked,
-left-padded with masked zero states, so every row's real tokens keep their positions (the attention
-mask gives the last prompt token and the new tokens their positions) and a sliding-window layer's
-last ``window - 1`` slots hold exactly the states that row may see. ``generate`` then decodes all
+In ``generate_until`` HFLM's own batching left-pads the prompts; the rows' prompts after the prefix
+(less their last tokens) run together, right-padded, on the repeated prefix cache, and each row's
+states are then moved behind masked zero states (``_batch_cache``), so every row's real tokens keep
+their positions (the attention mask gives the last prompt token and the new tokens theirs) and a
+sliding-window layer's last ``window - 1`` slots hold exactly the states that row may see
+(sliding layers record their past during that forward pass). ``generate`` then decodes all
 rows together; a row that has stopped keeps decoding masked-off tokens that HFLM cuts away, and no
 row sees another's. Prompts of equal length skip the stacking: ``generate`` prefills them together
 on a batch-repeated prefix cache. In ``loglikelihood`` the inputs after the prefix are right-padded
@@ -64,7 +65,8 @@ Counters (``stats``, a dict snapshot, reset with ``reset_stats()``) for benchmar
 counters are a ``TokenStats``, the cache's are the ``PrefixCache``'s own. ``prompt_tokens`` is what ``hf``
 would run through the model for the same prompts; ``prefix_tokens`` the prefix tokens actually
 computed (once per LRU miss); ``suffix_tokens`` the tokens run after a cached prefix (not
-counting the pads of a padded batch); ``plain_tokens`` the prompt tokens computed by ``HFLM``'s own path (fallbacks);
+counting the pads of a padded batch); ``plain_tokens`` the prompt tokens computed by ``HFLM``'s own
+path (fallbacks);
 ``generated_tokens`` the new tokens of ``generate_until`` (in a batch, rows that have stopped
 still count until the batch stops: the model computes them); ``prefix_batches`` the ``generate``
 calls that started from a cached prefix. ``tokens_computed`` is
