@@ -36,7 +36,7 @@ states are then moved behind masked zero states (``_batch_cache``), so every row
 their positions (the attention mask gives the last prompt token and the new tokens theirs) and a
 sliding-window layer's last ``window - 1`` slots hold exactly the states that row may see
 (sliding layers record their past during that forward pass). ``generate`` then decodes all
-rows together; a row that has stopped keeps decoding masked-off tokens that HFLM cuts away, and no
+rows together; a row that has stopped keeps decoding tokens that HFLM cuts away, and no
 row sees another's. Prompts of equal length skip the stacking: ``generate`` prefills them together
 on a batch-repeated prefix cache. In ``loglikelihood`` the inputs after the prefix are right-padded
 and run in one forward pass: causal attention keeps the pads out of every real position's logits.
