@@ -11,6 +11,15 @@ and our tokens of new text per second against the limit's.
 
     .venv/bin/python benchmarks/bench_prefix.py [--model default] [--tasks expression_pattern,relation_pattern]
         [--shots 8,16] [--items 100] [--dtype float32] [--mc]
+
+``--batching`` compares instead how ``iclvsft-hf`` batches a prefix group's prompts: the earlier
+scheme (equal-length prompts only, ``pad_batches=False``, ``prefix_batch_size=8``) against batches of
+any lengths at each ``--batch-sizes``, alternating the methods within each of ``--reps`` repetitions
+(medians reported), with ``hf`` run ``--hf-runs`` times as the reference for the predictions
+(``--hf-runs 0``: no ``hf``; the equal-length scheme's first run is the reference):
+
+    .venv/bin/python benchmarks/bench_prefix.py --batching --tasks relation_pattern,code_pattern \
+        --shots 8,16 --items 200 --batch-sizes 8,16,32 --reps 3
 """
 
 # ruff: noqa: E402 - the environment must be set before torch and transformers are imported
@@ -44,6 +53,10 @@ def main() -> None:
         action="store_true",
         help="the multiple-choice variants instead (loglikelihood requests; binary tasks only)",
     )
+    parser.add_argument("--batching", action="store_true", help="equal-length vs padded batches (see above)")
+    parser.add_argument("--batch-sizes", default="8,16,32")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--hf-runs", type=int, default=1)
     args = parser.parse_args()
 
     from lm_eval import simple_evaluate
@@ -73,6 +86,8 @@ def main() -> None:
     shots = [int(k) for k in args.shots.split(",")]
     if args.mc:
         return loglikelihood_rows(args, tasks, shots, hf, ours, evaluate)
+    if args.batching:
+        return batching_rows(args, tasks, shots, hf, model, tokenizer, evaluate)
     warm = lm_eval_task(tasks[0], "test", shots[0])[0]
     evaluate(hf, warm, limit=2)  # first calls allocate and pick kernels: keep them out of the timings
     evaluate(ours, warm, limit=2)
@@ -134,6 +149,81 @@ def main() -> None:
             f"{r['hf_s'] / r['ours_s']:.1f}× | {hf_tokens:,} → {r['computed']:,} | {r['identical']}/{n} | "
             f"{r['acc_hf']:.2f} / {r['acc_ours']:.2f} | {r['computed'] / r['ours_s']:.0f} | "
             f"{r['computed'] / r['limit_s']:.0f} | {r['limit_s'] / r['ours_s']:.0%} |"
+        )
+
+
+def batching_rows(args, tasks, shots, hf, model, tokenizer, evaluate) -> None:
+    """hf vs iclvsft-hf with equal-length batches vs iclvsft-hf with padded batches, medians of --reps."""
+    import statistics
+
+    from iclvsft.compare.run import lm_eval_task
+    from iclvsft_tasks.backend.hflm import IclvsftHFLM
+
+    sizes = [int(b) for b in args.batch_sizes.split(",")]
+    methods = {"equal-length, 8": IclvsftHFLM(pretrained=model, tokenizer=tokenizer, device="cpu", batch_size=1)}
+    methods["equal-length, 8"].pad_batches = False
+    for b in sizes:
+        methods[f"padded, {b}"] = IclvsftHFLM(
+            pretrained=model, tokenizer=tokenizer, device="cpu", batch_size=1, prefix_batch_size=b
+        )
+    warm = lm_eval_task(tasks[0], "test", shots[0])[0]
+    for lm in ((hf,) if args.hf_runs else ()) + tuple(methods.values()):
+        evaluate(lm, warm, limit=2)
+
+    def predictions(result, name):
+        return [s["resps"] for s in sorted(result["samples"][name], key=lambda s: s["doc_id"])]
+
+    rows = []
+    for task in tasks:
+        for k in shots:
+            name, _ = lm_eval_task(task, "test", k)
+            hf_times = []
+            for _ in range(args.hf_runs):
+                seconds, result = evaluate(hf, name)
+                hf_times.append(seconds)
+            want = predictions(result, name) if hf_times else None
+            times: dict[str, list[float]] = {m: [] for m in methods}
+            same: dict[str, int] = {}
+            for rep in range(args.reps):
+                # Alternate the methods, starting each repetition with a different one (load drifts).
+                order = list(methods)[rep % len(methods) :] + list(methods)[: rep % len(methods)]
+                for m in order:
+                    methods[m].clear_prefix_cache()
+                    seconds, result = evaluate(methods[m], name)
+                    times[m].append(seconds)
+                    got = predictions(result, name)
+                    want = got if want is None else want
+                    same[m] = min(same.get(m, len(got)), sum(a == b for a, b in zip(want, got, strict=True)))
+            row = {
+                "task": name,
+                "n": len(want),
+                "hf": statistics.median(hf_times) if hf_times else float("nan"),
+                **{m: statistics.median(t) for m, t in times.items()},
+                "all": {"hf": hf_times, **times},
+                "identical": same,
+                "load": os.getloadavg()[0],
+            }
+            rows.append(row)
+            print(row, flush=True)
+
+    print(
+        f"\n# iclvsft-hf batching, {datetime.date.today()}, {platform.machine()}, {os.cpu_count()} cores, "
+        f"torch threads {torch.get_num_threads()}; medians of {args.reps} (hf: {args.hf_runs}) runs, "
+        f"{args.items} test items per task, fixed demonstrations (draw {args.draw}), {args.dtype}\n"
+    )
+    base = "equal-length, 8"
+    print(
+        "| task | `hf` s | " + " | ".join(f"{m} s" for m in methods) + " | speed-up over equal-length, 8 | identical |"
+    )
+    print("|---|---:|" + "---:|" * len(methods) + "---|---|")
+    reference = "hf" if args.hf_runs else base
+    for r in rows:
+        ups = ", ".join(f"{b}: {r[base] / r[f'padded, {b}']:.2f}×" for b in sizes)
+        same = ", ".join(f"{r['identical'][m]}" for m in methods)
+        print(
+            f"| `{r['task']}` | {r['hf']:.1f} | "
+            + " | ".join(f"{r[m]:.1f}" for m in methods)
+            + f" | {ups} | {same} of {r['n']} (vs {reference}) |"
         )
 
 

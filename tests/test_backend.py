@@ -254,3 +254,104 @@ def test_simple_evaluate_gives_hf_responses(hf, ours):
     assert len(mc_got) == len(mc_want) > 0
     assert max(abs(a - b) for a, b in zip(mc_got, mc_want, strict=True)) < LL_TOL
     assert ours.stats["prefix_hits"] + ours.stats["prefix_misses"] > 0
+
+
+# ----- batches of prompts with different lengths
+
+
+@pytest.fixture(scope="module")
+def tiny_gemma3(tiny_llama, tmp_path_factory):
+    """Gemma 3's layout (sliding-window and full layers, head_dim != hidden / heads) with a window of 16:
+    every few-shot prompt is longer than the window, so the sliding layers' caches are cut."""
+    import torch
+    from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    torch.manual_seed(2)
+    config = Gemma3TextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=16,
+        sliding_window=16,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        max_position_embeddings=4096,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        initializer_range=0.1,
+    )
+    directory = tmp_path_factory.mktemp("tiny-gemma3")
+    Gemma3ForCausalLM(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def _mixed_length_prompts(task, n=12, shots=4):
+    """Few-shot prompts of one fixed demonstration set, whose queries have different token lengths."""
+    demos = _items(task, "train", shots)
+    spec = SplitSpec(task, train_size=16, test_size=n, test_broken_size=4, validation_size=4)
+    return [render_prompt(q, demos) for q in build_split(spec, "test")]
+
+
+def _count_forwards(monkeypatch, lm):
+    calls = []
+    forward = lm._forward
+    monkeypatch.setattr(lm, "_forward", lambda ids, cache, keep: calls.append(len(ids)) or forward(ids, cache, keep))
+    return calls
+
+
+@pytest.mark.parametrize("model", ["llama", "gemma3"])
+def test_prompts_of_different_lengths_batch_together_with_hf_outputs(request, model):
+    path = request.getfixturevalue(f"tiny_{model}")
+    hf = HFLM(**_model_args(path))
+    contexts = _mixed_length_prompts("relation_pattern") + _mixed_length_prompts("code_pattern", n=6)
+    lengths = [len(hf.tok_encode(c)) for c in contexts]
+    assert len(set(lengths)) > 3 and min(lengths) > 3 * 16  # longer than the gemma3 window
+    # A stop string the tiny models emit at different steps: rows of a batch finish at different times.
+    kwargs = {"until": ["\n\n", "e"], "do_sample": False, "max_gen_toks": 10}
+    want = hf.generate_until(_gen(contexts, kwargs))
+    assert len({len(w) for w in want}) > 2 and len(set(want)) > 2
+    for batch in (1, 4, 32):
+        lm = IclvsftHFLM(**_model_args(path, prefix_batch_size=batch))
+        assert lm.generate_until(_gen(contexts, kwargs)) == want, batch
+        stats = lm.stats
+        assert stats["plain_tokens"] == 0 and lm.batch_size == 1
+        assert stats["prompt_tokens"] == sum(lengths)
+        # One prefix per task; every batch but a group's last holds `batch` prompts.
+        assert stats["prefix_batches"] == -(-12 // batch) + -(-6 // batch)
+        assert stats["prefix_tokens"] + stats["suffix_tokens"] < sum(lengths) * 0.5
+
+
+def test_equal_length_batching_is_kept_as_a_switch(tiny_llama, hf):
+    contexts = _mixed_length_prompts("relation_pattern")
+    lengths = [len(hf.tok_encode(c)) for c in contexts]
+    want = hf.generate_until(_gen(contexts))
+    lm = IclvsftHFLM(**_model_args(tiny_llama, prefix_batch_size=32))
+    lm.pad_batches = False
+    assert lm.generate_until(_gen(contexts)) == want
+    assert lm.stats["prefix_batches"] == len(set(lengths))
+
+
+@pytest.mark.parametrize("model", ["llama", "gemma3"])
+def test_loglikelihood_batches_different_lengths_within_tolerance(request, monkeypatch, model):
+    path = request.getfixturevalue(f"tiny_{model}")
+    hf = HFLM(**_model_args(path))
+    contexts = _mixed_length_prompts("relation_pattern", n=6)
+    conts = [" True", " 12 + 34 = 46", " a", " False because the pattern breaks"]
+    greedy = hf.generate_until(_gen(contexts[:2], {"until": ["\n\n"], "do_sample": False, "max_gen_toks": 4}))
+    pairs = [(c, cont) for c in contexts for cont in conts] + list(zip(contexts[:2], greedy, strict=True))
+    want = hf.loglikelihood(_ll(pairs))
+    assert any(g for _, g in want)  # an is_greedy=True is compared
+    for batch, pad in ((8, True), (1, True), (8, False)):
+        lm = IclvsftHFLM(**_model_args(path, prefix_batch_size=batch))
+        lm.pad_batches = pad
+        calls = _count_forwards(monkeypatch, lm)
+        _assert_ll_close(lm.loglikelihood(_ll(pairs)), want)
+        assert calls[0] == 1  # the prefix, then every distinct input once (one-token continuations share one)
+        distinct = sum(calls[1:])
+        assert len(pairs) > distinct > 8
+        assert len(calls) - 1 == (-(-distinct // batch) if pad else distinct)

@@ -23,12 +23,25 @@ model_args="pretrained=...,prefix_cache_mb=256")``). It takes every ``hf`` argum
 ``min_prefix_tokens`` (default 16)
     Requests that share fewer tokens than this with their neighbours go through ``HFLM``.
 ``prefix_batch_size`` (default 8)
-    In ``generate_until``, requests of one prefix group whose prompts have the same length run
-    together, up to this many at a time, on copies of the one prefix cache (no padding: equal
-    lengths). On a CPU a decode step is bound by reading the weights (Gemma 3's 262k x 640 LM head
-    is 670 MB in fp32), so 8 rows cost about twice one row (measured: 235 vs 108 ms per step);
-    decoding is most of what is left once the demonstrations are computed once. ``1`` runs every
-    request alone, exactly as ``hf`` with ``batch_size=1`` does.
+    Requests of one prefix group run together, up to this many at a time, on copies of the one
+    prefix cache, whatever their lengths. On a CPU a decode step is bound by reading the weights
+    (Gemma 3's 262k x 640 LM head is 670 MB in fp32), so 8 rows cost about twice one row (measured:
+    235 vs 108 ms per step); decoding is most of what is left once the demonstrations are computed
+    once. ``1`` runs every request alone, exactly as ``hf`` with ``batch_size=1`` does.
+
+Batches of prompts with different lengths (see ``_model_generate`` and ``_loglikelihood_tokens``).
+In ``generate_until`` HFLM's own batching left-pads the prompts; the rows' prompts after the prefix
+(less their last tokens) run together, right-padded, on the repeated prefix cache, and each row's
+states are then moved behind masked zero states (``_batch_cache``), so every row's real tokens keep
+their positions (the attention mask gives the last prompt token and the new tokens theirs) and a
+sliding-window layer's last ``window - 1`` slots hold exactly the states that row may see
+(sliding layers record their past during that forward pass). ``generate`` then decodes all
+rows together; a row that has stopped keeps decoding tokens that HFLM cuts away, and no
+row sees another's. Prompts of equal length skip the stacking: ``generate`` prefills them together
+on a batch-repeated prefix cache. In ``loglikelihood`` the inputs after the prefix are right-padded
+and run in one forward pass: causal attention keeps the pads out of every real position's logits.
+``pad_batches = False`` (an attribute, for benchmarks) restores the earlier scheme: only prompts of
+equal length batched, log-likelihood requests one at a time.
 
 The prefix path is used only where it is known to be exact: a decoder-only model whose
 ``forward`` returns a ``DynamicCache`` made of full-attention (``DynamicLayer``) and
@@ -51,14 +64,15 @@ neighbour that shares ``min_prefix_tokens``.) Groups of one go through ``HFLM``.
 Counters (``stats``, a dict snapshot, reset with ``reset_stats()``) for benchmarks; the token
 counters are a ``TokenStats``, the cache's are the ``PrefixCache``'s own. ``prompt_tokens`` is what ``hf``
 would run through the model for the same prompts; ``prefix_tokens`` the prefix tokens actually
-computed (once per LRU miss); ``suffix_tokens`` the tokens run after a cached prefix;
-``plain_tokens`` the prompt tokens computed by ``HFLM``'s own path (fallbacks);
+computed (once per LRU miss); ``suffix_tokens`` the tokens run after a cached prefix (not
+counting the pads of a padded batch); ``plain_tokens`` the prompt tokens computed by ``HFLM``'s own
+path (fallbacks);
 ``generated_tokens`` the new tokens of ``generate_until`` (in a batch, rows that have stopped
 still count until the batch stops: the model computes them); ``prefix_batches`` the ``generate``
 calls that started from a cached prefix. ``tokens_computed`` is
 ``prefix + suffix + plain + generated``. Also
 ``prefix_hits`` / ``prefix_misses`` (prefix look-ups served from / missing in the LRU; a
-loglikelihood group looks its prefix up once, a generation row once per row), ``evictions``,
+loglikelihood group looks its prefix up once, a generation batch once), ``evictions``,
 ``uncached`` (prefixes over the bound), ``cache_bytes`` and ``cache_bytes_peak`` (stored bytes).
 
 Cache API relied on (transformers 5.x): a causal LM's ``forward(input_ids, cache=..., use_cache=True,
@@ -176,6 +190,9 @@ class IclvsftHFLM(HFLM):
     (a ``PrefixCache`` keyed by token ids), ``token_stats`` the token counters.
     """
 
+    #: False restores the earlier batching (equal-length prompts only; log-likelihoods one at a time), for benchmarks.
+    pad_batches: bool = True
+
     def __init__(
         self,
         *args: Any,
@@ -277,10 +294,11 @@ class IclvsftHFLM(HFLM):
 
     # ----- model calls -----
 
-    def _forward(self, ids: Sequence[int], cache: Any, keep: int) -> tuple[torch.Tensor, Any]:
-        """Logits of the last ``keep`` positions of ``ids`` (run after ``cache`` if given) and the cache."""
+    def _forward(self, ids: Sequence[Sequence[int]], cache: Any, keep: int) -> tuple[torch.Tensor, Any]:
+        """Logits ``[rows, keep, vocab]`` of the last ``keep`` positions of the equal-length rows ``ids``
+        (run after ``cache`` if given) and the cache."""
         kwargs: dict[str, Any] = {
-            "input_ids": torch.tensor([list(ids)], dtype=torch.long, device=self.device),
+            "input_ids": torch.tensor([list(row) for row in ids], dtype=torch.long, device=self.device),
             "use_cache": True,
         }
         if cache is not None:
@@ -289,7 +307,7 @@ class IclvsftHFLM(HFLM):
             kwargs[self._keep_kw] = keep  # skip the LM head (and its memory) at positions we never read
         with torch.no_grad(), self._autocast():
             out = self.model(**kwargs)
-        return out.logits[0, -keep:], output_cache(out)
+        return out.logits[:, -keep:], output_cache(out)
 
     def _prefix_cache(self, prefix: tuple[int, ...]) -> Any | None:
         """The KV cache of ``prefix`` (from the LRU or computed now); None if this model's cache is unsupported."""
@@ -297,7 +315,7 @@ class IclvsftHFLM(HFLM):
         if cache is not None:
             return cache
         self.token_stats.prefix_tokens += len(prefix)
-        _, cache = self._forward(prefix, None, keep=1)
+        _, cache = self._forward([prefix], None, keep=1)
         if not resumable(cache):
             self._disable(f"unsupported cache type {type(cache).__name__}")
             return None
@@ -349,10 +367,10 @@ class IclvsftHFLM(HFLM):
             # One HFLM call per group keeps each prefix hot in the LRU while its group runs.
             for plen, members in groups:
                 self._gen_plan = {rows[m]: plen for m in members}
-                # Equal-length prompts of a group run as batches without padding (HFLM chunks them).
+                # HFLM sorts a group's prompts by length and runs them in (left-padded) batches.
                 buckets: dict[int, list[int]] = {}
                 for m in members:
-                    buckets.setdefault(len(rows[m]), []).append(eligible[m])
+                    buckets.setdefault(len(rows[m]) if not self.pad_batches else 0, []).append(eligible[m])
                 try:
                     for idx in buckets.values():
                         grouped.update(idx)
@@ -380,32 +398,72 @@ class IclvsftHFLM(HFLM):
         self, context: torch.Tensor, max_length: int, stop: list[str], **generation_kwargs: Any
     ) -> torch.Tensor:
         cache = None
-        rows, prompt_len = context.shape
-        if self._gen_plan:
-            mask = generation_kwargs.get("attention_mask")
-            plens = {self._gen_plan.get(tuple(row), 0) for row in context.tolist()}
+        rows, width = context.shape
+        mask = generation_kwargs.get("attention_mask")
+        prompts = _unpadded_rows(context, mask)
+        if self._gen_plan and prompts is not None:
+            plens = {self._gen_plan.get(prompt, 0) for prompt in prompts}
             plen = plens.pop() if len(plens) == 1 else 0
-            # One prefix for every row (a batch is one bucket of one group), and no padding.
-            if plen and (mask is None or bool(mask.all())) and bool((context[:, :plen] == context[:1, :plen]).all()):
-                prefix = self._prefix_cache(tuple(context[0, :plen].tolist()))
+            # One prefix for every row (a batch holds prompts of one group only).
+            if plen and all(prompt[:plen] == prompts[0][:plen] for prompt in prompts):
+                prefix = self._prefix_cache(prompts[0][:plen])
                 if prefix is not None:
-                    # generate() appends to the cache it is given: hand it a copy, keep the stored one pristine.
-                    cache = copy.deepcopy(prefix)
-                    if rows > 1:
-                        cache.batch_repeat_interleave(rows)
-        self.token_stats.prompt_tokens += rows * prompt_len
+                    cache = self._batch_cache(prefix, [prompt[plen:] for prompt in prompts])
+        prompt_tokens = sum(len(p) for p in prompts) if prompts is not None else rows * width
+        self.token_stats.prompt_tokens += prompt_tokens
         if cache is None:
-            self.token_stats.plain_tokens += rows * prompt_len
+            self.token_stats.plain_tokens += prompt_tokens
             out = super()._model_generate(context, max_length, stop, **generation_kwargs)
         else:
-            self.token_stats.suffix_tokens += rows * (prompt_len - cache.get_seq_length())
+            self.token_stats.suffix_tokens += prompt_tokens - rows * plen
             self.token_stats.prefix_batches += 1
             # HFLM's own call, plus the cache: generate() then prefills only input_ids[:, cache_len:]
-            # (positions come from the full attention mask / the cache length).
+            # (positions come from the attention mask).
             generation_kwargs[self._cache_kw] = cache
             out = super()._model_generate(context, max_length, stop, **generation_kwargs)
-        self.token_stats.generated_tokens += rows * (out.shape[1] - prompt_len)
+        self.token_stats.generated_tokens += rows * (out.shape[1] - width)
         return out
+
+    def _batch_cache(self, prefix: Any, suffixes: list[tuple[int, ...]]) -> Any | None:
+        """A cache for the rows ``prefix + suffixes[r]`` left-padded to the longest, that ``generate`` resumes.
+
+        Equal lengths: the prefix cache repeated per row (``generate`` prefills the suffixes together).
+        Otherwise the suffixes but their last tokens run together, right-padded, on the repeated prefix
+        cache (causal attention keeps the pads out of the real states), with the sliding-window layers
+        keeping every state; then each row's real states are moved to the right end behind zero states
+        (masked by ``generate``'s attention mask) and a sliding layer keeps each row's last ``window - 1``.
+        ``generate`` then runs every row's last prompt token together. None if a layer cannot do this.
+        """
+        rows = len(suffixes)
+        cache = copy.deepcopy(prefix)  # generate() appends to the cache: keep the stored one pristine
+        if rows > 1:
+            cache.batch_repeat_interleave(rows)
+        if len({len(s) for s in suffixes}) == 1:
+            return cache
+        sliding = [layer for layer in cache.layers if getattr(layer, "is_sliding", False)]
+        if not all(hasattr(layer, "activate_past_recording") for layer in sliding):
+            return None
+        for layer in sliding:
+            layer.activate_past_recording()  # keep the states a shorter row still sees after the pads
+        width = max(len(s) for s in suffixes) - 1
+        pad = self.tokenizer.pad_token_id or 0
+        _, cache = self._forward([s[:-1] + (pad,) * (width + 1 - len(s)) for s in suffixes], cache, keep=1)
+        total = prefix.get_seq_length() + width
+        for layer in cache.layers:
+            if not (layer.is_initialized and layer.keys is not None and layer.keys.numel()):
+                return None
+            window = layer.sliding_window - 1 if getattr(layer, "is_sliding", False) else layer.keys.shape[-2]
+            slots = layer.keys.shape[-2]
+            reals = [slots - (width + 1 - len(s)) for s in suffixes]  # each row's states before its pads
+            keep = min(max(reals), window)
+            for name in ("keys", "values"):
+                states = getattr(layer, name)
+                parts = [states[r : r + 1, :, max(0, n - keep) : n] for r, n in enumerate(reals)]
+                setattr(layer, name, torch.cat([F.pad(p, (0, 0, keep - p.shape[-2], 0)) for p in parts]))
+            if hasattr(layer, "cumulative_length"):
+                layer.record_past = False
+                layer.cumulative_length = total
+        return cache
 
     # ----- loglikelihood -----
 
@@ -455,16 +513,15 @@ class IclvsftHFLM(HFLM):
                 prefix = self._prefix_cache(distinct[members[0]][:plen])
                 if prefix is None:
                     break  # unsupported cache: everything left goes through HFLM below
-                for m in members:
-                    inp = distinct[m]
-                    keep = needed[inp]
-                    self.token_stats.prompt_tokens += len(inp)
-                    self.token_stats.suffix_tokens += len(inp) - plen
-                    logits, _ = self._forward(inp[plen:], copy.deepcopy(prefix), keep=keep)
-                    logprobs = F.log_softmax(logits, dim=-1, dtype=self.softmax_dtype)  # [keep, vocab]
-                    for i in by_inp[inp]:
-                        results[i] = self._score(requests[i], logprobs)
-                        pbar.update(1)
+                # Longest first, so a batch holds similar lengths (little padding).
+                ordered = sorted((distinct[m] for m in members), key=len, reverse=True)
+                size = self.options.prefix_batch_size if self.pad_batches else 1
+                for start in range(0, len(ordered), size):
+                    batch = ordered[start : start + size]
+                    for inp, logprobs in zip(batch, self._batch_logprobs(prefix, plen, batch, needed), strict=True):
+                        for i in by_inp[inp]:
+                            results[i] = self._score(requests[i], logprobs)
+                            pbar.update(1)
             rest = [i for i in range(len(requests)) if results[i] is None]
             if rest:
                 self._count_plain_loglikelihood([requests[i] for i in rest])
@@ -477,6 +534,31 @@ class IclvsftHFLM(HFLM):
         finally:
             pbar.close()
         return results  # type: ignore[return-value]
+
+    def _batch_logprobs(
+        self, prefix: Any, plen: int, inps: list[tuple[int, ...]], needed: dict[tuple[int, ...], int]
+    ) -> list[torch.Tensor]:
+        """Log-probs ``[needed[inp], vocab]`` at the last ``needed[inp]`` positions of each input, in one forward.
+
+        The inputs after the prefix are right-padded to the longest: a real position attends only to
+        earlier ones, so the pads change no logit that is read.
+        """
+        width = max(len(inp) for inp in inps) - plen
+        pad = self.tokenizer.pad_token_id or 0
+        rows = [list(inp[plen:]) + [pad] * (width - len(inp) + plen) for inp in inps]
+        # Logits from the earliest position any row needs to the end.
+        keep = max(width - (len(inp) - plen) + needed[inp] for inp in inps)
+        cache = copy.deepcopy(prefix)
+        if len(inps) > 1:
+            cache.batch_repeat_interleave(len(inps))
+        self.token_stats.prompt_tokens += sum(len(inp) for inp in inps)
+        self.token_stats.suffix_tokens += sum(len(inp) - plen for inp in inps)
+        logits, _ = self._forward(rows, cache, keep=keep)
+        out = []
+        for r, inp in enumerate(inps):
+            end = keep - (width - (len(inp) - plen))
+            out.append(F.log_softmax(logits[r, end - needed[inp] : end], dim=-1, dtype=self.softmax_dtype))
+        return out
 
     def _count_plain_loglikelihood(self, requests: Sequence[tuple[Any, list[int], list[int]]]) -> None:
         # HFLM runs one forward per distinct input when logits_cache is on (its one-token-continuation reuse).
@@ -497,3 +579,12 @@ class IclvsftHFLM(HFLM):
         if request_str is not None:
             self.cache_hook.add_partial("loglikelihood", request_str, answer)
         return answer
+
+
+def _unpadded_rows(context: torch.Tensor, mask: torch.Tensor | None) -> list[tuple[int, ...]] | None:
+    """Each row's tokens without its left padding; None if ``mask`` is not a left-padding mask."""
+    if mask is None:
+        return [tuple(row) for row in context.tolist()]
+    if mask.shape != context.shape or bool((mask[:, 1:] < mask[:, :-1]).any()) or not bool(mask[:, -1].all()):
+        return None
+    return [tuple(row[len(row) - n :]) for row, n in zip(context.tolist(), mask.sum(dim=1).tolist(), strict=True)]
