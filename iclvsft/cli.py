@@ -290,14 +290,20 @@ def build_parser() -> OneLineParser:
         "on identical items; choose k and n on validation; write results, plots and a report. "
         "Flags it does not know go to iclvsft-train (and from there to trl sft / accelerate).",
     )
-    cmp_.add_argument("--config", help="experiment YAML, or a shipped one: demo")
+    cmp_.add_argument("--config", help="experiment YAML, or a shipped one: demo, study, study-gpu")
     cmp_.add_argument(
-        "--model", help="built-in alias (see `iclvsft models`), local directory or hub id (default: default)"
+        "--model",
+        help="built-in alias (see `iclvsft models`), local directory or hub id (default: default); "
+        "several, comma-separated, compare each on the same items (e.g. default,smollm2-135m)",
     )
     cmp_.add_argument("--tasks", help="comma-separated tasks (default: expression_pattern,parity_pattern)")
     cmp_.add_argument("--shots", help="ICL shot counts, e.g. 0,1,2,4,8,16")
     cmp_.add_argument("--ft-samples", help="fine-tuning milestones in samples seen, e.g. 100,400,1600")
-    cmp_.add_argument("--recipe", help="iclvsft-train recipe: lora (default), full, paper")
+    cmp_.add_argument(
+        "--recipe",
+        help="iclvsft-train recipe: lora (default), full, paper; several, comma-separated (lora,full), "
+        "fine-tune with each and choose n* and the recipe on validation",
+    )
     cmp_.add_argument(
         "--ft-mode", choices=("per-task", "mixture"), help="one fine-tune per task (default) or one on the mixture"
     )

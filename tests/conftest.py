@@ -29,6 +29,14 @@ def tiny_llama(tmp_path_factory) -> Path:
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 
 
+@pytest.fixture(scope="session")
+def tiny_llama_wide(tmp_path_factory) -> Path:
+    """A second tiny model, twice as wide (another size, same tokenizer), for runs of several models."""
+    from tiny_model import build_tiny_llama
+
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama-wide"), seed=1, hidden_size=64)
+
+
 @pytest.fixture(autouse=True)
 def _quiet_lm_eval():
     logging.getLogger("lm_eval").setLevel(logging.ERROR)

@@ -333,3 +333,171 @@ def test_report_matches_its_golden(request, tmp_path, fixture, section, degraded
         Settings.aggregate(recs), tmp_path / "report", meta, base_dir=out, plots=False, circuit_section=section
     )
     assert path.read_bytes() == (GOLDEN / golden).read_bytes()
+
+
+# --- pattern use: shortcut and invalid rates ------------------------------------------------------------
+
+
+def test_pattern_use_counts_shortcut_and_invalid_answers():
+    from iclvsft.compare.records import mark_pattern_use, pattern_use
+    from iclvsft_tasks.scoring import INVALID
+
+    # Hand-built test_broken rows: gold 7, shortcut answer 3.
+    predictions = ["3", "3", "7", INVALID, "5", "3", INVALID, "3", "7", "3"]
+    rows = [
+        mark_pattern_use({"id": str(i), "answer": "7", "prediction": p, "correct": p == "7"}, "3", INVALID)
+        for i, p in enumerate(predictions)
+    ]
+    assert [r["shortcut"] for r in rows] == [p == "3" for p in predictions]
+    assert [r["invalid"] for r in rows] == [p == INVALID for p in predictions]
+    assert all(r["shortcut_answer"] == "3" for r in rows)
+    use = pattern_use(rows)
+    assert (use["shortcut"], use["invalid"]) == (5, 2)
+    assert use["shortcut_rate"] == 0.5 and use["invalid_rate"] == 0.2
+    assert (use["shortcut_ci_low"], use["shortcut_ci_high"]) == wilson_interval(5, 10)
+    assert (use["invalid_ci_low"], use["invalid_ci_high"]) == wilson_interval(2, 10)
+    # On a pattern item the shortcut answer is the gold: the shortcut rate is the accuracy.
+    pattern = [mark_pattern_use({"prediction": p}, "7", INVALID) for p in predictions]
+    assert pattern_use(pattern)["shortcut"] == predictions.count("7")
+
+
+def pattern_cell(out: Path, condition: str, knob: int, shortcut: list[bool], draw: int = 0, **extra) -> dict:
+    """A test_broken cell whose answers are the shortcut's (``shortcut``) or unreadable (the others)."""
+    from iclvsft.compare.records import pattern_use
+
+    rec = cell(out, condition, "parity_pattern", "test_broken", knob, [False] * len(shortcut), draw=draw, **extra)
+    path = out / rec["predictions"]
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    for row, used in zip(rows, shortcut):
+        row.update(shortcut_answer="even", prediction="even" if used else "[invalid]", shortcut=used, invalid=not used)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rec.update(pattern_use(rows))
+    return rec
+
+
+def _with_pattern_use(out: Path, recs: list[dict], rec: dict) -> dict:
+    from iclvsft.compare.records import pattern_use
+
+    rows = [json.loads(line) for line in (out / rec["predictions"]).read_text().splitlines()]
+    for row in rows:
+        row.update(shortcut_answer=row["answer"], shortcut=row["correct"], invalid=False)
+    (out / rec["predictions"]).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return {**rec, **pattern_use(rows)}
+
+
+@pytest.fixture
+def pattern_dir(tmp_path) -> tuple[Path, list[dict]]:
+    """parity: ICL k*=2 (3 draws), FT n*=100; on test_broken, FT answers with the shortcut more often."""
+    out, recs = tmp_path, []
+    for k, val in ((0, 8), (2, 15)):
+        for d in range(1, 4) if k else [0]:
+            recs.append(cell(out, "icl", "parity_pattern", "validation", k, outcomes(val, 20), draw=d))
+            recs.append(cell(out, "icl", "parity_pattern", "test", k, outcomes(20, 40), draw=d))
+    for n, val in ((100, 14), (400, 12)):
+        recs.append(cell(out, "ft", "parity_pattern", "validation", n, outcomes(val, 20)))
+        recs.append(cell(out, "ft", "parity_pattern", "test", n, outcomes(30, 40)))
+    recs = [_with_pattern_use(out, recs, r) for r in recs]
+    icl_uses = {1: 8, 2: 10, 3: 12}  # of 40 items, the first ones
+    for d, used in icl_uses.items():
+        recs.append(pattern_cell(out, "icl", 2, outcomes(used, 40), draw=d))
+    recs.append(pattern_cell(out, "icl", 0, outcomes(0, 40)))
+    recs.append(pattern_cell(out, "ft", 100, outcomes(30, 40)))
+    recs.append(pattern_cell(out, "ft", 400, outcomes(35, 40)))
+    return out, recs
+
+
+def test_pattern_use_is_aggregated_over_draws_and_tested_paired(pattern_dir):
+    from iclvsft.compare.stats import paired_sign_flip
+
+    out, recs = pattern_dir
+    settings = Settings.aggregate(recs)
+    [icl] = [r for r in settings if r["condition"] == "icl" and r["split"] == "test_broken" and r["shots"] == 2]
+    assert icl["shortcut_rate"] == pytest.approx(10 / 40) and icl["invalid_rate"] == pytest.approx(30 / 40)
+    bounds = [wilson_interval(c, 40) for c in (8, 10, 12)]
+    assert icl["shortcut_ci_low"] == pytest.approx(sum(lo for lo, _ in bounds) / 3)
+    result = compare(settings, "parity_pattern", MODEL, "test_broken", out)
+    assert (result.icl["shots"], result.ft["ft_samples"]) == (2, 100)
+    icl_scores = [sum(i < u for u in icl_uses) / 3 for i, icl_uses in [(i, (8, 10, 12)) for i in range(40)]]
+    ft_scores = [float(i < 30) for i in range(40)]
+    assert result.shortcut_test == paired_sign_flip(icl_scores, ft_scores, 3)
+    assert result.shortcut_winner == "ft"
+    assert result.shortcut_verdict.startswith("FT (n*=100) used the shortcut more than ICL (k*=2), p=")
+    assert result.winner is None  # both 0/40 correct on test_broken: accuracy cannot tell them apart
+    report = write_report(settings, out, META).read_text()
+    assert "## Pattern use" in report
+    row = next(line for line in report.splitlines() if line.startswith("| tiny-model | `parity_pattern` | 2 | 0.250"))
+    assert "| 100 | 0.750 [" in row and "FT (n*=100) used the shortcut more" in row
+    assert "Pattern use: FT (n*=100) used the shortcut more than ICL (k*=2)" in report
+    plot = plot_task(settings, "parity_pattern", MODEL, out / "plots" / "p.png")
+    from matplotlib.image import imread
+
+    assert imread(plot).shape[0] > 700  # the pattern-use row below the accuracy row
+
+
+def test_records_without_pattern_use_keep_their_report(run_dir):
+    from iclvsft.compare.records import has_pattern_use
+
+    out, recs = run_dir
+    assert not any(map(has_pattern_use, recs))
+    c = compare(Settings.aggregate(recs), "parity_pattern", MODEL, "test_broken", out)
+    assert c.shortcut_test is None and c.shortcut_verdict == ""
+    assert "## Pattern use" not in write_report(Settings.aggregate(recs), out, META, plots=False).read_text()
+
+
+# --- several recipes, several models -----------------------------------------------------------------
+
+
+def test_n_star_and_the_recipe_are_chosen_together_and_curves_stay_apart(tmp_path):
+    from iclvsft.compare.records import curve, find_cell
+
+    out, recs, t = tmp_path, [], "parity_pattern"
+    recs.append(cell(out, "icl", t, "validation", 0, outcomes(5, 20)))
+    recs.append(cell(out, "icl", t, "test", 0, outcomes(10, 40)))
+    for recipe, val, test in (("lora", {16: 9, 64: 12}, {16: 10, 64: 20}), ("full", {16: 8, 64: 16}, {16: 5, 64: 36})):
+        for n in (16, 64):
+            recs.append(cell(out, "ft", t, "validation", n, outcomes(val[n], 20), recipe=recipe))
+            recs.append(cell(out, "ft", t, "test", n, outcomes(test[n], 40), recipe=recipe))
+    for rec in recs:  # distinct prediction files per recipe
+        if rec.get("recipe"):
+            rec["key"] += rec["recipe"]
+    settings = Settings.aggregate(recs)
+    assert len([r for r in settings if r["condition"] == "ft"]) == 8  # recipes are never averaged as draws
+    best = select_best(settings, "ft", t, MODEL)
+    assert (best["recipe"], best["ft_samples"]) == ("full", 64)
+    assert find_cell(settings, best, "test")["correct"] == 36
+    assert [p.accuracy for p in curve(settings, "ft", t, MODEL, "test", recipe="lora")] == [0.25, 0.5]
+    assert [p.accuracy for p in curve(settings, "ft", t, MODEL, "test", recipe="full")] == [0.125, 0.9]
+    text = write_report(settings, out, META).read_text()
+    assert "FT: n*=64 with the `full` recipe chosen on validation" in text and "| 64 (full) |" in text
+    table = summary_table(settings)
+    assert "lora n=16" in table and "full n=64" in table and "0.900*" in table
+
+
+def test_the_figure_across_models(run_dir, tmp_path):
+    from matplotlib.image import imread
+
+    from iclvsft.compare.plots import plot_models
+
+    out, recs = run_dir
+    other = []
+    for r in recs:  # a weaker model: half the correct answers
+        lo, hi = wilson_interval(r["correct"] // 2, r["n"])
+        other.append({**r, "model": "other-model", "correct": r["correct"] // 2, "ci_low": lo, "ci_high": hi})
+        other[-1]["accuracy"] = other[-1]["correct"] / r["n"]
+    settings = Settings.aggregate(recs + other)
+    path = plot_models(
+        settings, ["parity_pattern", "boolean_pattern"], [MODEL, "other-model"], tmp_path / "models.png", {}
+    )
+    assert imread(path).shape[1] > 500
+    sized = plot_models(
+        settings,
+        ["parity_pattern"],
+        ["other-model", MODEL],
+        tmp_path / "sized.png",
+        {MODEL: 10_000, "other-model": 100_000},
+    )
+    assert sized.stat().st_size > 1000
+    meta = dict(META, model=["other-model", MODEL], model_parameters={MODEL: 10_000, "other-model": 100_000})
+    text = write_report(settings, tmp_path / "both", meta, base_dir=out).read_text()
+    assert text.index("— other-model") < text.index(f"— {MODEL}")  # the run's order of models
+    assert "](plots/models.png)" in text and (tmp_path / "both" / "plots" / "models.png").is_file()

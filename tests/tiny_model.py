@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def build_tiny_llama(directory: Path, seed: int = 0) -> Path:
-    """Write a ~100k-parameter Llama + fast tokenizer that ``from_pretrained`` loads offline."""
+def build_tiny_llama(directory: Path, seed: int = 0, hidden_size: int = 32) -> Path:
+    """Write a ~100k-parameter Llama + fast tokenizer that ``from_pretrained`` loads offline
+    (``hidden_size`` 64 makes a second model of another size)."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -38,8 +39,8 @@ def build_tiny_llama(directory: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(fast),
-        hidden_size=32,
-        intermediate_size=64,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
         num_hidden_layers=2,
         num_attention_heads=2,
         num_key_value_heads=2,

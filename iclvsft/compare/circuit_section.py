@@ -14,9 +14,10 @@ from iclvsft_tasks.errors import IclvsftError
 
 
 def run_circuit_analyses(
-    exp: Experiment, settings: Settings, out: Path, label: str
+    exp: Experiment, settings: Settings, out: Path, label: str, model: str | None = None
 ) -> tuple[list[str], dict[str, Any]]:
-    """The circuit-shift analysis of each task at the validation-chosen k* and n*.
+    """The circuit-shift analysis of each task at the validation-chosen k* and n* of ``model`` (labelled
+    ``label`` in the records; default: the experiment's first model).
 
     Writes ``<out>/circuits/<task>/`` (reused when its settings have not changed) and returns the
     report section's lines and, per task, the result file or why the analysis did not run. A
@@ -61,7 +62,7 @@ def run_circuit_analyses(
             summary[task] = {"status": "not run", "notes": notes}
             continue
         config = CircuitsConfig(
-            model=exp.model,
+            model=model or exp.models[0],
             task=task,
             shots=shots,
             ft_checkpoint=checkpoint,

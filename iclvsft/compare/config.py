@@ -28,11 +28,15 @@ FT_MODES = ("per-task", "mixture")
 class Experiment:
     """Everything that defines one comparison (the flags of ``iclvsft compare``)."""
 
-    model: str = "default"
+    #: One model, or several (a list, or comma-separated): every model gets the same cells, items and
+    #: demonstration draws, and fine-tunes of its own.
+    model: str | list[str] = "default"
     tasks: list[str] = dataclasses.field(default_factory=lambda: ["expression_pattern", "parity_pattern"])
     shots: list[int] = dataclasses.field(default_factory=lambda: [0, 1, 2, 4, 8, 16])
     ft_samples: list[int] = dataclasses.field(default_factory=lambda: [100, 400, 1600])
-    recipe: str = "lora"
+    #: One iclvsft-train recipe, or several: each model is fine-tuned with each, and the validation
+    #: split chooses n* and the recipe together.
+    recipe: str | list[str] = "lora"
     ft_mode: str = "per-task"  # one fine-tune per task, or one on the mixture of all tasks
     train_shots: list[int] = dataclasses.field(default_factory=lambda: [0])
     test_size: int = 200
@@ -57,13 +61,25 @@ class Experiment:
     circuit_items: int = 50  # its clean/corrupt pairs per task
     #: The seed and split sizes above as one value, built and checked in __post_init__; the run uses this.
     data: DataSpec = dataclasses.field(init=False, repr=False)
+    #: ``model`` and ``recipe`` as lists, checked in __post_init__; the run uses these.
+    models: list[str] = dataclasses.field(init=False, repr=False)
+    recipes: list[str] = dataclasses.field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        from iclvsft.models import model_label
+
         self.tasks = parse_task_list(",".join(self.tasks) if isinstance(self.tasks, list) else str(self.tasks))
+        self.models = _name_list("model", self.model)
+        labels = [model_label(m) for m in self.models]
+        repeated = sorted({label for label in labels if labels.count(label) > 1})
+        if repeated:
+            raise IclvsftError(f"model lists {', '.join(repeated)} more than once (aliases name the same model)")
+        self.recipes = _name_list("recipe", self.recipe)
         self.shots = _int_list("shots", self.shots, minimum=0)
         self.ft_samples = _int_list("ft_samples", self.ft_samples, minimum=1, allow_empty=True)
         self.train_shots = _int_list("train_shots", self.train_shots, minimum=0)
-        check_recipe(str(self.recipe))  # a recipe name, never a path: it also names the fine-tune's folder
+        for recipe in self.recipes:
+            check_recipe(recipe)  # a recipe name, never a path: it also names the fine-tune's folder
         if self.test_broken_size is None:
             self.test_broken_size = self.test_size
         self.data = DataSpec(
@@ -126,7 +142,23 @@ class Experiment:
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as given (flat seed and sizes, as in the YAML), for ``run.json``."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k != "data"}
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("data", "models", "recipes")}
+
+
+def _name_list(name: str, value: Any) -> list[str]:
+    """A name or a list of names (a string may list several, comma-separated), in the order given."""
+    if isinstance(value, str):
+        parts = value.split(",")
+    elif isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        parts = list(value)
+    else:
+        raise IclvsftError(f"{name} must be a name or a list of names, got {value!r}")
+    names = [p.strip() for p in parts]
+    if not names or not all(names):
+        raise IclvsftError(f"{name} must not be empty, got {value!r}")
+    if len(set(names)) != len(names):
+        raise IclvsftError(f"{name} lists a name twice: {value!r}")
+    return names
 
 
 def _int_list(name: str, value: Any, minimum: int, allow_empty: bool = False) -> list[int]:

@@ -1,7 +1,10 @@
 """``report.md``: the run's metadata, the verdicts, a section per task, the tokens, the circuit shift.
 
 Each task's section links its plot and states k*, n* and the verdict on each of ``VERDICT_SPLITS``;
-the tokens table says what each side consumed at its chosen setting. The circuit-shift section, when
+when the records measure pattern use, a table compares the shortcut and invalid rates of ICL at k*
+and FT at n* on ``PATTERN_SPLIT``, with the paired test on shortcut use; with several models, a
+figure plots the chosen settings against model size. The tokens table says what each side
+consumed at its chosen setting. The circuit-shift section, when
 the run analysed it, is an input (:mod:`iclvsft.compare.circuit_section`) written last.
 """
 
@@ -13,20 +16,22 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from iclvsft.compare.plots import plot_filename, plot_task
+from iclvsft.compare.plots import MODELS_PLOT, plot_filename, plot_models, plot_task
 from iclvsft.compare.records import (
     CONDITION_NAMES,
+    PATTERN_SPLIT,
     VERDICT_SPLITS,
     Settings,
     ci,
     has_condition,
+    has_pattern_use,
     knob,
     ordered,
     select_best,
     split_rank,
 )
 from iclvsft.compare.stats import McNemarResult
-from iclvsft.compare.verdicts import ALPHA, compare, format_p
+from iclvsft.compare.verdicts import ALPHA, Comparison, compare, format_p
 from iclvsft_tasks.atomic import atomic_write_text
 
 
@@ -40,6 +45,58 @@ def _acc_ci(rec: Mapping[str, Any] | None) -> str:
             f"range {float(rec['draw_min']):.3f}–{float(rec['draw_max']):.3f}, n={int(rec['n'])})"
         )
     return f"{float(rec['accuracy']):.3f} [{lo:.3f}, {hi:.3f}] ({int(rec['correct'])}/{int(rec['n'])})"
+
+
+def _rate_ci(rec: Mapping[str, Any] | None, metric: str) -> str:
+    """A pattern-use rate with its Wilson interval (the mean over draws for an aggregate)."""
+    if rec is None or not has_pattern_use(rec):
+        return "–"
+    lo, hi = ci(rec, metric)
+    return f"{float(rec[f'{metric}_rate']):.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def _n_star(rec: Mapping[str, Any] | None) -> str:
+    """FT's chosen n for a table cell, with its recipe when recorded."""
+    if rec is None:
+        return "–"
+    return f"{knob(rec)}" + (f" ({rec['recipe']})" if rec.get("recipe") else "")
+
+
+def _pattern_use_lines(comparisons: Mapping[tuple[str, str, str], Comparison]) -> list[str]:
+    """The pattern-use table on ``PATTERN_SPLIT``: shortcut and invalid rates at k* and n*, paired test."""
+    rows = [c for (_, _, s), c in comparisons.items() if s == PATTERN_SPLIT]
+    if not any(has_pattern_use(r) for c in rows for r in (c.icl, c.ft) if r):
+        return []
+    lines = [
+        "## Pattern use",
+        "",
+        (
+            f"On `{PATTERN_SPLIT}` the shortcut gives a wrong answer, so accuracy there cannot tell whether a side "
+            "picked up the implicit pattern; the **shortcut rate** can: the share of answers equal to the item's "
+            "`shortcut_answer`. The **invalid rate** is the share of answers that could not be read. Both with 95% "
+            "Wilson intervals (several draws: the mean of the draws' rates and bounds), at the same k* and n* as "
+            "above; p is the same paired test on each item's shortcut use, and a side uses the shortcut more when "
+            f"it is ahead with p < {ALPHA}. Every cell's rates, on every split, are in `results.json`."
+        ),
+        "",
+        (
+            "| model | task | ICL k* | ICL shortcut rate | ICL invalid rate | FT n* | FT shortcut rate | "
+            "FT invalid rate | ICL-more / FT-more items | p | verdict |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in rows:
+        k = knob(c.icl_choice) if c.icl_choice else "–"
+        test = c.shortcut_test
+        disc = f"{test.b01} / {test.b10}" if test else "–"
+        p = format_p(test.p_value) if test else "–"
+        verdict = c.shortcut_verdict or (c.verdict if c.verdict.startswith("not compared") else "not measured")
+        lines.append(
+            f"| {c.model} | `{c.task}` | {k} | {_rate_ci(c.icl, 'shortcut')} | {_rate_ci(c.icl, 'invalid')} | "
+            f"{_n_star(c.ft_choice)} | {_rate_ci(c.ft, 'shortcut')} | {_rate_ci(c.ft, 'invalid')} | {disc} | {p} | "
+            f"{verdict} |"
+        )
+    return lines + [""]
 
 
 def _only(side: str, test: McNemarResult) -> str:
@@ -127,9 +184,11 @@ def write_report(
     if isinstance(meta_tasks, str):
         meta_tasks = [t for t in meta_tasks.split(",") if t]
     tasks = ordered([str(r["task"]) for r in settings] + list(meta_tasks), list(meta_tasks))
-    models = ordered([str(r["model"]) for r in settings])
-    if not models and meta.get("model"):
-        models = [str(meta["model"])]
+    meta_models = meta.get("model") or []
+    meta_models = [str(m) for m in (meta_models if isinstance(meta_models, (list, tuple)) else [meta_models])]
+    models = ordered([str(r["model"]) for r in settings], meta_models)  # a run's models in its order
+    if not models:
+        models = meta_models
     several = len(models) > 1
 
     lines = [f"# ICL vs fine-tuning: {', '.join(models) or 'no results'}", ""]
@@ -162,13 +221,30 @@ def write_report(
     ]
     for (m, t, s), c in comparisons.items():
         k = knob(c.icl_choice) if c.icl_choice else "–"
-        n = knob(c.ft_choice) if c.ft_choice else "–"
+        n = _n_star(c.ft_choice)
         disc = f"{c.mcnemar.b01} / {c.mcnemar.b10}" if c.mcnemar else "–"
         p = format_p(c.mcnemar.p_value) if c.mcnemar else "–"
         lines.append(
             f"| {m} | `{t}` | {s} | {k} | {_acc_ci(c.icl)} | {n} | {_acc_ci(c.ft)} | {disc} | {p} | {c.verdict} |"
         )
     lines.append("")
+    lines += _pattern_use_lines(comparisons)
+    if several:
+        if plots:
+            plot_models(settings, tasks, models, out / MODELS_PLOT, meta.get("model_parameters") or {})
+        lines += [
+            "## Across models",
+            "",
+            (
+                "ICL at k* and FT at n* (each chosen on validation for its model) against model size, per task, "
+                f"on {' and '.join(f'`{s}`' for s in VERDICT_SPLITS)}"
+                + (f", and the shortcut rate on `{PATTERN_SPLIT}`" if any(map(has_pattern_use, settings)) else "")
+                + "."
+            ),
+            "",
+            f"![ICL at k* and FT at n* against model size]({MODELS_PLOT})",
+            "",
+        ]
 
     for m in models:
         for t in tasks:
@@ -187,8 +263,9 @@ def write_report(
                     why = "no results" if not has_condition(settings, cond, t, m) else "no validation cells"
                     lines.append(f"- {name}: {why} for this task, so it is not compared.")
                 else:
+                    recipe = f" with the `{choice['recipe']}` recipe" if choice.get("recipe") else ""
                     lines.append(
-                        f"- {name}: {symbol}={knob(choice)} chosen on validation "
+                        f"- {name}: {symbol}={knob(choice)}{recipe} chosen on validation "
                         f"(validation accuracy {_acc_ci(choice)})."
                     )
             lines.append("")
@@ -207,6 +284,17 @@ def write_report(
                     )
                 if c.note and c.mcnemar is not None:
                     lines.append(f"Note: {c.note}.")
+                if s == PATTERN_SPLIT and c.shortcut_verdict:
+                    lines.append(
+                        f"Pattern use: {c.shortcut_verdict}; shortcut rate ICL {_rate_ci(c.icl, 'shortcut')} vs FT "
+                        f"{_rate_ci(c.ft, 'shortcut')}, invalid rate ICL {_rate_ci(c.icl, 'invalid')} vs FT "
+                        f"{_rate_ci(c.ft, 'invalid')}"
+                        + (
+                            f"; {c.shortcut_test.b01} items where ICL, {c.shortcut_test.b10} where FT used it more."
+                            if c.shortcut_test
+                            else "."
+                        )
+                    )
                 lines.append("")
 
     lines += [
@@ -235,7 +323,7 @@ def write_report(
                 ft_eval_tok = c.ft.get("prompt_tokens") if c.ft else None
             total = (int(train_tok) + int(ft_eval_tok)) if train_tok is not None and ft_eval_tok is not None else None
             k = knob(c.icl_choice) if c.icl_choice else "–"
-            n = knob(c.ft_choice) if c.ft_choice else "–"
+            n = _n_star(c.ft_choice)
             lines.append(
                 f"| {m} | `{t}` | {k} | {_tokens(icl_tok)} | {n} | {_tokens(train_tok)} | "
                 f"{_tokens(ft_eval_tok)} | {_tokens(total)} |"

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from iclvsft.compare.config import Experiment
+from iclvsft.compare.records import has_pattern_use, mark_pattern_use, pattern_use
 from iclvsft_tasks.atomic import atomic_open, atomic_write_text, ensure_output_dir
 from iclvsft_tasks.cliutil import pin_cpu_threads, resolve_device
 from iclvsft_tasks.data.spec import HELD_OUT_SPLITS
@@ -37,6 +38,7 @@ from iclvsft_tasks.demos import fixed_demo_ids
 from iclvsft_tasks.errors import IclvsftError, one_line
 from iclvsft_tasks.lm_eval_configs import SHOTS, variant_name
 from iclvsft_tasks.lm_eval_glue import BACKEND_NAME
+from iclvsft_tasks.scoring import INVALID
 from iclvsft_train.checkpoints import load_causal_lm
 
 if TYPE_CHECKING:  # the training add-on is an optional extra, imported where a fine-tune needs it
@@ -57,6 +59,7 @@ class Training:
     tasks: tuple[str, ...]
     directory: Path
     config_hash: str
+    recipe: str = "lora"  # the iclvsft-train recipe (part of the hashed config)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,7 +160,9 @@ def _prompt_of(sample: dict[str, Any]) -> str:
 def evaluate_cell(lm: Any, task_manager: Any, exp: Experiment, cell: Cell) -> tuple[dict[str, Any], list[dict]]:
     """Run one cell through lm-eval; returns its record (without key/paths) and per-item predictions.
 
-    ``task_manager`` must carry the cell's demonstrations (``demos``/``draw`` metadata).
+    ``task_manager`` must carry the cell's demonstrations (``demos``/``draw`` metadata). Each
+    prediction row also says whether its answer is the item's shortcut answer and whether it was
+    unreadable, and the record counts both (``records.pattern_use``).
     """
     from lm_eval import simple_evaluate
 
@@ -179,13 +184,17 @@ def evaluate_cell(lm: Any, task_manager: Any, exp: Experiment, cell: Cell) -> tu
     wall = time.perf_counter() - start
     samples = sorted(result["samples"][name], key=lambda s: s["doc_id"])
     predictions = [
-        {
-            "id": s["doc"]["id"],
-            "answer": s["doc"]["answer"],
-            "prediction": s["filtered_resps"][0],
-            "raw": s["resps"][0][0],
-            "correct": bool(s["exact_match"]),
-        }
+        mark_pattern_use(
+            {
+                "id": s["doc"]["id"],
+                "answer": s["doc"]["answer"],
+                "prediction": s["filtered_resps"][0],
+                "raw": s["resps"][0][0],
+                "correct": bool(s["exact_match"]),
+            },
+            s["doc"]["shortcut_answer"],
+            INVALID,
+        )
         for s in samples
     ]
     prompt_tokens = sum(len(lm.tok_encode(_prompt_of(s))) for s in samples)
@@ -213,10 +222,13 @@ def evaluate_cell(lm: Any, task_manager: Any, exp: Experiment, cell: Cell) -> tu
         "accuracy": correct / max(len(predictions), 1),
         "ci_low": low,
         "ci_high": high,
+        **pattern_use(predictions),
         "prompt_tokens": prompt_tokens,
         "wall_time_s": round(wall, 3),
         "lm_eval_task": name,
     }
+    if cell.training is not None:
+        record["recipe"] = cell.training.recipe
     if cell.draw:
         record["demo_ids"] = demo_ids
     return record, predictions
@@ -312,26 +324,28 @@ def ft_label(cell: Cell) -> str:
 
 
 def _trainings(exp: Experiment, model_id: dict[str, Any], out: Path) -> list[Training]:
+    """The fine-tunes of one model: per recipe, one per task (or one on the mixture)."""
     if not exp.ft_samples:
         return []
     groups = [tuple(exp.tasks)] if exp.ft_mode == "mixture" else [(t,) for t in exp.tasks]
     trainings = []
-    for tasks in groups:
-        config = {
-            "model": model_id,
-            "tasks": tasks,
-            "seed": exp.data.seed,
-            "sizes": exp.data.sizes,
-            "recipe": exp.recipe,
-            "train_shots": exp.train_shots,
-            "samples": max(exp.ft_samples),
-            "milestones": exp.ft_samples,
-            "train_args": exp.train_args,
-            "dtype": exp.dtype,
-        }
-        config_hash = _hash(config)
-        name = ("mixture" if len(tasks) > 1 else tasks[0]) + f"-{exp.recipe}-{config_hash}"
-        trainings.append(Training(name, tasks, out / FT_DIR / name, config_hash))
+    for recipe in exp.recipes:
+        for tasks in groups:
+            config = {
+                "model": model_id,
+                "tasks": tasks,
+                "seed": exp.data.seed,
+                "sizes": exp.data.sizes,
+                "recipe": recipe,
+                "train_shots": exp.train_shots,
+                "samples": max(exp.ft_samples),
+                "milestones": exp.ft_samples,
+                "train_args": exp.train_args,
+                "dtype": exp.dtype,
+            }
+            config_hash = _hash(config)
+            name = ("mixture" if len(tasks) > 1 else tasks[0]) + f"-{recipe}-{config_hash}"
+            trainings.append(Training(name, tasks, out / FT_DIR / name, config_hash, recipe))
     return trainings
 
 
@@ -346,7 +360,7 @@ def _train_options(exp: Experiment, model_path: str, training: Training, extra: 
         samples=max(exp.ft_samples),
         model=model_path,
         output_dir=training.directory,
-        recipe=exp.recipe,
+        recipe=training.recipe,
         milestones=tuple(exp.ft_samples),
         train_shots=tuple(exp.train_shots),
         data=exp.data,
@@ -441,28 +455,27 @@ def _run_in_process(
         bar.close()  # ends the bar's line, so an error message starts on its own
 
 
-def run_compare(
-    exp: Experiment, command: Sequence[str] = (), make_bar: Callable[..., Any] | None = None
-) -> dict[str, Any]:
-    """Run (or resume) the whole comparison; returns the run's metadata (paths, choices, timing).
+@dataclasses.dataclass(frozen=True)
+class ModelRun:
+    """One model's part of a comparison: its context, its fine-tunes and its cells."""
 
-    ``make_bar`` builds the one progress bar over all cells (tqdm's signature; default tqdm).
+    run: RunContext
+    trainings: list[Training]
+    cells: list[Cell]
+
+
+def plan_model(exp: Experiment, out: Path, model: str, split_fps: dict[str, dict[str, str]]) -> ModelRun:
+    """Resolve ``model`` and list its cells: the same tasks, splits, k, draws and milestones for every model.
+
+    A cell's key holds the model (label and path) but not the other models of the run, so a run of
+    one model keeps its keys when others are added, and a model's cells are shared by every run
+    that includes it.
     """
-    from iclvsft.compare.circuit_section import run_circuit_analyses
-    from iclvsft.compare.jobs import default_jobs, run_parallel
-    from iclvsft.compare.markdown import write_report
-    from iclvsft.compare.records import Settings
-    from iclvsft.compare.results import write_results
-    from iclvsft.compare.summary import summary_table
     from iclvsft.models import model_label, resolve_model
 
-    started = time.perf_counter()
-    out = ensure_output_dir(exp.out)
-
-    model_path = resolve_model(exp.model)  # one float32 cache; lm-eval and TRL cast to exp.dtype on load
-    label = model_label(exp.model)
+    model_path = resolve_model(model)  # one float32 cache; lm-eval and TRL cast to exp.dtype on load
+    label = model_label(model)
     model_id = {"label": label, "path": model_path}
-    split_fps = {t: fingerprints(exp.data.split_spec(t)) for t in exp.tasks}
     context = {
         "model": model_id,
         "seed": exp.data.seed,
@@ -471,9 +484,7 @@ def run_compare(
         "backend": exp.eval_backend,
         "eval_args": exp.eval_args,
     }
-    run = RunContext(exp, out, model_path, label, context, split_fps)
     trainings = _trainings(exp, model_id, out)
-
     cells = [
         Cell("icl", t, s, k, 0, draw=d)
         for t in exp.tasks
@@ -485,36 +496,83 @@ def run_compare(
         cells += [
             Cell("ft", t, s, 0, n, training) for t in training.tasks for n in exp.ft_samples for s in HELD_OUT_SPLITS
         ]
+    return ModelRun(RunContext(exp, out, model_path, label, context, split_fps), trainings, cells)
 
-    store = CellStore(out)
-    records: dict[str, dict[str, Any]] = {}
-    todo = []
-    for cell in cells:
-        found = store.get(run.key_of(cell))
-        if found is not None:
-            records[run.key_of(cell)] = found
-        else:
-            todo.append(cell)
-    logging_flags = (
-        {t.name: plan_training(exp, model_path, t) for t in trainings} if any(c.condition == "ft" for c in todo) else {}
-    )
-    jobs = exp.jobs or default_jobs(_device(exp))
+
+def _parameters(model_path: str) -> int | None:
+    """A model's parameter count from its config (built on the meta device: no weights read), or None."""
+    try:
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        config = AutoConfig.from_pretrained(model_path)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+        return sum(p.numel() for p in model.parameters())
+    except Exception:  # a size is only a plot's axis: an unreadable config places the model by order
+        return None
+
+
+def run_compare(
+    exp: Experiment, command: Sequence[str] = (), make_bar: Callable[..., Any] | None = None
+) -> dict[str, Any]:
+    """Run (or resume) the whole comparison; returns the run's metadata (paths, choices, timing).
+
+    With several models, each model's cells run in turn (ICL, then its fine-tunes), on the same
+    items and demonstration draws; one report covers them all. ``make_bar`` builds the progress bar
+    over each model's cells (tqdm's signature; default tqdm).
+    """
     from tqdm.auto import tqdm
 
-    def new_bar() -> Any:
-        return (make_bar or tqdm)(
-            total=len(cells), initial=len(cells) - len(todo), desc="cells", unit="cell", file=sys.stderr
+    from iclvsft.compare.circuit_section import run_circuit_analyses
+    from iclvsft.compare.jobs import default_jobs, run_parallel
+    from iclvsft.compare.markdown import write_report
+    from iclvsft.compare.records import Settings
+    from iclvsft.compare.results import write_results
+    from iclvsft.compare.summary import summary_table
+
+    started = time.perf_counter()
+    out = ensure_output_dir(exp.out)
+
+    split_fps = {t: fingerprints(exp.data.split_spec(t)) for t in exp.tasks}
+    plans = [plan_model(exp, out, model, split_fps) for model in exp.models]  # every model resolves first
+    jobs = exp.jobs or default_jobs(_device(exp))
+    records: dict[str, dict[str, Any]] = {}
+    threads = None
+    for plan in plans:
+        run, trainings, cells = plan.run, plan.trainings, plan.cells
+        model_path = run.model_path
+        store = CellStore(out)
+        todo = []
+        for cell in cells:
+            found = store.get(run.key_of(cell))
+            if found is not None and has_pattern_use(found):  # older records lack pattern use: evaluate again
+                records[run.key_of(cell)] = found
+            else:
+                todo.append(cell)
+        logging_flags = (
+            {t.name: plan_training(exp, model_path, t) for t in trainings}
+            if any(c.condition == "ft" for c in todo)
+            else {}
         )
 
-    if jobs > 1 and todo:
-        threads = run_parallel(run, todo, trainings, logging_flags, jobs, new_bar, records)
-    else:
-        threads = pin_cpu_threads(_device(exp))  # 2 busy cores ran 6-30x slower with 2 threads than 1
-        _run_in_process(run, todo, trainings, logging_flags, new_bar, records)
+        def new_bar(cells: list[Cell] = cells, todo: list[Cell] = todo, label: str = run.label) -> Any:
+            desc = f"cells {label}" if len(plans) > 1 else "cells"
+            return (make_bar or tqdm)(
+                total=len(cells), initial=len(cells) - len(todo), desc=desc, unit="cell", file=sys.stderr
+            )
+
+        if jobs > 1 and todo:
+            threads = run_parallel(run, todo, trainings, logging_flags, jobs, new_bar, records)
+        else:
+            threads = pin_cpu_threads(_device(exp))  # 2 busy cores ran 6-30x slower with 2 threads than 1
+            _run_in_process(run, todo, trainings, logging_flags, new_bar, records)
     current = sorted(records.values(), key=lambda r: r["key"])
+    labels = [p.run.label for p in plans]
+    several = len(plans) > 1
     meta = {
-        "model": label,
-        "model_path": model_path,
+        "model": labels if several else labels[0],
+        "model_path": {p.run.label: p.run.model_path for p in plans} if several else plans[0].run.model_path,
         "tasks": exp.tasks,
         "seed": exp.data.seed,
         "fewshot_seed": exp.fewshot_seed,
@@ -524,7 +582,7 @@ def run_compare(
         "split_fingerprints": split_fps,
         "shots": exp.shots,
         "ft_samples": exp.ft_samples,
-        "recipe": exp.recipe,
+        "recipe": exp.recipes if len(exp.recipes) > 1 else exp.recipes[0],
         "ft_mode": exp.ft_mode,
         "dtype": exp.dtype,
         "eval_backend": exp.eval_backend,
@@ -535,11 +593,16 @@ def run_compare(
         "date": datetime.date.today().isoformat(),
         "command": " ".join(command),
         "wall_time_s": round(time.perf_counter() - started, 1),
-        "fine_tunes": {t.name: str(t.directory) for t in trainings},
+        "fine_tunes": {t.name: str(t.directory) for p in plans for t in p.trainings},
     }
+    if several:  # the x axis of the figure across models
+        meta["model_parameters"] = {p.run.label: _parameters(p.run.model_path) for p in plans}
     write_results(current, out)
     settings = Settings.aggregate(current)
-    circuit_lines, circuits = run_circuit_analyses(exp, settings, out, label) if exp.circuits else ([], None)
+    # The circuit-shift analysis runs on the first model (the study's default model).
+    circuit_lines, circuits = (
+        run_circuit_analyses(exp, settings, out, labels[0], model=exp.models[0]) if exp.circuits else ([], None)
+    )
     write_report(settings, out, meta, circuit_section=circuit_lines)  # draws plots/<task>.png too
     if circuits is not None:  # for run.json only: report.md has them as its section, not in its metadata list
         meta["circuits"] = circuits

@@ -1,7 +1,9 @@
 """The verdict on one split: ICL at k* against FT at n*, paired item by item on their prediction files.
 
 With several demonstration draws, an ICL setting scores each item by its fraction of correct draws,
-and the exact McNemar test becomes its generalization, the exact paired sign-flip test.
+and the exact McNemar test becomes its generalization, the exact paired sign-flip test. The same
+test on each item's shortcut flag instead of its correctness compares pattern use: which side
+answers with the implicit shortcut more often (on ``test_broken``, where that answer is wrong).
 """
 
 from __future__ import annotations
@@ -14,7 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from iclvsft.compare.records import CONDITION_NAMES, Record, Settings, find_cell, has_condition, knob, select_best
+from iclvsft.compare.records import (
+    CONDITION_NAMES,
+    Record,
+    Settings,
+    find_cell,
+    has_condition,
+    has_pattern_use,
+    knob,
+    select_best,
+)
 from iclvsft.compare.stats import McNemarResult, paired_sign_flip
 
 #: Significance level of the verdict.
@@ -35,16 +46,29 @@ class Comparison:
     mcnemar: McNemarResult | None  # A = ICL, B = FT: b01 = ICL right and FT wrong
     verdict: str
     note: str = ""  # why a comparison or test is missing, or a pairing caveat
+    #: The same paired test on the items' shortcut flags (A = ICL: b01 = only ICL answered with the
+    #: shortcut); None when the cells do not record pattern use or cannot be paired.
+    shortcut_test: McNemarResult | None = None
+    shortcut_verdict: str = ""
 
     @property
     def winner(self) -> str | None:
         """Which side won: "icl", "ft", or None (no significant difference, or not tested)."""
-        if self.mcnemar is None or self.mcnemar.p_value >= ALPHA or self.mcnemar.direction == 0:
-            return None
-        return "icl" if self.mcnemar.direction > 0 else "ft"
+        return _side(self.mcnemar)
+
+    @property
+    def shortcut_winner(self) -> str | None:
+        """Which side used the shortcut significantly more: "icl", "ft", or None."""
+        return _side(self.shortcut_test)
 
 
-def _read_predictions(path: Path) -> dict[str, bool]:
+def _side(test: McNemarResult | None) -> str | None:
+    if test is None or test.p_value >= ALPHA or test.direction == 0:
+        return None
+    return "icl" if test.direction > 0 else "ft"
+
+
+def _read_predictions(path: Path, flag: str = "correct") -> dict[str, bool]:
     outcomes: dict[str, bool] = {}
     with open(path, encoding="utf-8") as handle:
         for lineno, line in enumerate(handle, 1):
@@ -54,7 +78,7 @@ def _read_predictions(path: Path) -> dict[str, bool]:
             item = str(row["id"])
             if item in outcomes:
                 raise ValueError(f"item {item} appears twice (line {lineno})")
-            outcomes[item] = bool(row["correct"])
+            outcomes[item] = bool(row[flag])
     return outcomes
 
 
@@ -67,13 +91,17 @@ def _predictions_path(rec: Mapping[str, Any], base_dir: Path) -> Path | None:
 
 
 def paired_test(
-    icl_cell: Mapping[str, Any], ft_cell: Mapping[str, Any], base_dir: str | os.PathLike[str]
+    icl_cell: Mapping[str, Any],
+    ft_cell: Mapping[str, Any],
+    base_dir: str | os.PathLike[str],
+    flag: str = "correct",
 ) -> tuple[McNemarResult | None, str]:
     """Paired test on the two cells' prediction files, paired by item id; (None, reason) when impossible.
 
     One file per cell: the exact McNemar test. A cell aggregated over R draws scores each item by
     its fraction of correct draws, and the test is McNemar's generalization, the exact paired
-    sign-flip test (``stats.paired_sign_flip``).
+    sign-flip test (``stats.paired_sign_flip``). ``flag`` is the per-item outcome compared:
+    ``correct``, or ``shortcut`` (the answer is the item's shortcut answer) for pattern use.
     """
     scores: list[dict[str, float]] = []
     repeats: list[int] = []
@@ -86,7 +114,7 @@ def paired_test(
             if path is None:
                 return None, f"{CONDITION_NAMES[cell['condition']]} cell has no predictions file"
             try:
-                outcome = _read_predictions(path)
+                outcome = _read_predictions(path, flag)
             except FileNotFoundError:
                 return None, f"predictions file {rel} is missing"
             except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -124,8 +152,8 @@ def compare(settings: Settings, task: str, model: str, split: str, base_dir: str
     icl = find_cell(settings, icl_choice, split) if icl_choice else None
     ft = find_cell(settings, ft_choice, split) if ft_choice else None
 
-    def result(verdict: str, note: str = "", test: McNemarResult | None = None) -> Comparison:
-        return Comparison(task, model, split, icl, ft, icl_choice, ft_choice, test, verdict, note)
+    def result(verdict: str, note: str = "", test: McNemarResult | None = None, **shortcut: Any) -> Comparison:
+        return Comparison(task, model, split, icl, ft, icl_choice, ft_choice, test, verdict, note, **shortcut)
 
     missing = []
     for name, choice, cell in (("ICL", icl_choice, icl), ("FT", ft_choice, ft)):
@@ -138,13 +166,36 @@ def compare(settings: Settings, task: str, model: str, split: str, base_dir: str
     if missing:
         return result("not compared: " + "; ".join(missing))
     test, note = paired_test(icl, ft, base_dir)
-    k, n = knob(icl_choice), knob(ft_choice)
+    k, n = f"k*={knob(icl_choice)}", ft_setting(ft_choice)
+    shortcut = _shortcut_comparison(icl, ft, base_dir, k, n)
     if test is None:
-        return result(f"not tested ({note})", note)
+        return result(f"not tested ({note})", note, **shortcut)
     if test.p_value < ALPHA and test.direction > 0:
-        verdict = f"ICL (k*={k}) beat FT (n*={n}), p={format_p(test.p_value)}"
+        verdict = f"ICL ({k}) beat FT ({n}), p={format_p(test.p_value)}"
     elif test.p_value < ALPHA and test.direction < 0:
-        verdict = f"FT (n*={n}) beat ICL (k*={k}), p={format_p(test.p_value)}"
+        verdict = f"FT ({n}) beat ICL ({k}), p={format_p(test.p_value)}"
     else:
         verdict = f"no significant difference (p={format_p(test.p_value)})"
-    return result(verdict, note, test)
+    return result(verdict, note, test, **shortcut)
+
+
+def ft_setting(rec: Mapping[str, Any]) -> str:
+    """How a verdict names FT's chosen setting: ``n*=400``, with its recipe when recorded (``full, n*=400``)."""
+    return (f"{rec['recipe']}, " if rec.get("recipe") else "") + f"n*={knob(rec)}"
+
+
+def _shortcut_comparison(icl: Record, ft: Record, base_dir: str | os.PathLike[str], k: str, n: str) -> dict[str, Any]:
+    """The paired test on shortcut use and its verdict, when both cells record pattern use."""
+    if not (has_pattern_use(icl) and has_pattern_use(ft)):
+        return {}
+    test, note = paired_test(icl, ft, base_dir, flag="shortcut")
+    if test is None:
+        return {"shortcut_verdict": f"not tested ({note})"}
+    p = format_p(test.p_value)
+    if test.p_value < ALPHA and test.direction > 0:
+        verdict = f"ICL ({k}) used the shortcut more than FT ({n}), p={p}"
+    elif test.p_value < ALPHA and test.direction < 0:
+        verdict = f"FT ({n}) used the shortcut more than ICL ({k}), p={p}"
+    else:
+        verdict = f"no significant difference in shortcut use (p={p})"
+    return {"shortcut_test": test, "shortcut_verdict": verdict}
