@@ -116,3 +116,11 @@ def test_an_old_manifests_absolute_paths_are_read_inside_the_folder(runs, tmp_pa
 
     with pytest.raises(IclvsftError, match="not milestones/samples-8 of a run folder"):
         TrainingRun.load(copy).milestone(8)
+
+
+def test_resume_ignores_where_the_run_folder_is():
+    view = launch._resume_view
+    here = {"learning_rate": 1e-3, "output_dir": "/a/run", "dataset_name": "/a/run/data"}
+    there = {"learning_rate": 1e-3, "output_dir": "/b/copy", "dataset_name": "/b/copy/data"}
+    assert view("resolved_config", here) == view("resolved_config", there)
+    assert view("resolved_config", {**here, "learning_rate": 2e-3}) != view("resolved_config", there)
