@@ -214,3 +214,38 @@ def test_iclvsft_eval_without_lm_eval_says_so_in_one_line(command):
         proc.stderr
         == "iclvsft-eval: error: lm_eval is not installed in this environment (pip install 'lm_eval>=0.4.13,<0.5')\n"
     )
+
+
+#: A child that starts ``iclvsft data export`` and dies by SIGKILL in the middle of writing its output.
+_KILLED_EXPORT = """
+import os, signal, sys
+import iclvsft.cli as cli, iclvsft_train.data as data, datasets
+
+def die(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+cli.json.dumps = data.json.dumps = die  # jsonl and trl rows go through json.dumps while the temp is open
+datasets.Dataset.save_to_disk = die
+cli.main(sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--task", "parity_pattern", "--size", "3"],
+        ["--task", "parity_pattern", "--split", "train", "--size", "3", "--format", "hf"],
+        ["--task", "parity_pattern", "--samples", "4", "--format", "trl"],
+    ],
+    ids=["jsonl", "hf", "trl"],
+)
+def test_the_temporaries_of_a_killed_export_are_removed_by_the_next_one(tmp_path, capsys, args):
+    out = tmp_path / "export"
+    argv = ["data", "export", *args, "--train-size", "40", "--out", str(out)]
+    killed = subprocess.run([sys.executable, "-c", _KILLED_EXPORT, *argv], capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    left = [p.name for p in tmp_path.iterdir()]
+    assert left and all(name.startswith(".export.") and name.endswith(".tmp") for name in left), left
+    code, _, err = run(capsys, *argv)
+    assert code == 0, err
+    assert [p.name for p in tmp_path.iterdir()] == ["export"]

@@ -99,9 +99,9 @@ def test_milestones_from_the_manifest(tmp_path):
     _manifest(tmp_path, "running", peft=False)
     folder = TrainingRun.load(tmp_path)
     assert folder.milestones == (
-        Milestone(8, 2, None, 8, adapter=False),
-        Milestone(24, 6, None, 24, adapter=False),
-        Milestone(48, 12, None, 48, adapter=False),
+        Milestone(8, 2, None, 8, adapter=False, counted=False),
+        Milestone(24, 6, None, 24, adapter=False, counted=False),
+        Milestone(48, 12, None, 48, adapter=False, counted=False),
     )
     with pytest.raises(IclvsftError, match=r"milestone 24 .* has no checkpoint"):
         folder.milestone(24)  # not finished yet

@@ -227,7 +227,7 @@ def test_trl_sft_run_writes_milestones_that_lm_eval_scores(tiny_llama, tmp_path,
     assert not list(out.glob("checkpoint-*"))
     for samples, step in ((24, 6), (48, 12), (96, 24)):
         milestone = out / "milestones" / f"samples-{samples}"
-        assert manifest["milestones"][str(samples)]["path"] == str(milestone)
+        assert manifest["milestones"][str(samples)]["path"] == f"milestones/samples-{samples}"  # in the folder
         assert json.loads((milestone / "trainer_state.json").read_text())["global_step"] == step
         assert not (milestone / "optimizer.pt").exists()
     folder = TrainingRun.load(out)  # what iclvsft compare reads back

@@ -59,7 +59,14 @@ DERIVED_KEYS = (
     "resume_from_checkpoint",
     "dataset_train_split",
     "datasets",
+    "include_num_input_tokens_seen",
 )
+#: The trainer's own token counter, kept in every checkpoint's ``trainer_state.json`` and restored on
+#: resume (TRL's logged ``num_tokens`` restarts at 0 in a resumed process). It counts the input tokens
+#: of every batch; with one sample per forward pass (every recipe) no batch is padded, so that is the
+#: samples' tokens, TRL's count. (Its ``non_padding`` mode cannot be set: transformers 5 parses the
+#: field as a boolean.)
+TOKEN_COUNTER = {"include_num_input_tokens_seen": True}
 #: Files of a checkpoint needed only to resume it; dropped from finished milestones.
 _RESUME_ONLY_FILES = ("optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state.pth")
 #: The command that is `trl sft`, run by this interpreter so the same environment is used.
@@ -408,7 +415,9 @@ def prepare(options: TrainOptions) -> dict[str, Any]:
         options.milestones,
     )
     resolved = merge_configs(
-        base, {"max_steps": schedule.max_steps, "save_strategy": "steps", "save_steps": schedule.save_steps}
+        base,
+        {"max_steps": schedule.max_steps, "save_strategy": "steps", "save_steps": schedule.save_steps},
+        TOKEN_COUNTER,
     )
 
     manifest = {
@@ -467,13 +476,20 @@ def prepare(options: TrainOptions) -> dict[str, Any]:
     return manifest
 
 
+#: Resolved-config keys that say where the run folder is, not how it trains: a folder copied or moved
+#: elsewhere resumes there (prepare rewrites them for the new place).
+_LOCATION_KEYS = ("output_dir", "dataset_name")
+
+
 def _resume_view(key: str, value: Any) -> Any:
     """A manifest field as --resume compares it: the thread count in the resolved config's ``env`` may
-    differ (it follows this process's OMP_NUM_THREADS, e.g. in an ``iclvsft compare --jobs`` worker)."""
+    differ (it follows this process's OMP_NUM_THREADS, e.g. in an ``iclvsft compare --jobs`` worker),
+    and so may the folder's location."""
     if key != "resolved_config" or not isinstance(value, dict):
         return value
     env = {k: v for k, v in (value.get("env") or {}).items() if k != "OMP_NUM_THREADS"}
-    return {**{k: v for k, v in value.items() if k != "env"}, **({"env": env} if env else {})}
+    kept = {k: v for k, v in value.items() if k != "env" and k not in _LOCATION_KEYS}
+    return {**kept, **({"env": env} if env else {})}
 
 
 def trl_command(output_dir: Path, passthrough: Sequence[str], resume_from: Path | None = None) -> list[str]:
@@ -497,7 +513,7 @@ def finalize_milestones(folder: TrainingRun, manifest: dict[str, Any]) -> None:
             os.replace(source, target)
         for name in _RESUME_ONLY_FILES:
             (target / name).unlink(missing_ok=True)
-        entry["path"] = str(target)
+        entry["path"] = target.relative_to(output_dir).as_posix()  # relative: a copied folder loads its own
     for leftover in folder.checkpoint_folders():
         shutil.rmtree(leftover, ignore_errors=True)
 
@@ -551,7 +567,7 @@ def run(options: TrainOptions) -> int:
     last_state = read_trainer_state(checkpoints[-1]) if checkpoints else {}
     finalize_milestones(folder, manifest)
     manifest["status"] = RunStatus.COMPLETE.value
-    manifest["final_model"] = str(output_dir)
+    manifest["final_model"] = "."  # the run folder itself, wherever it is copied
     manifest["global_step"] = last_state.get("global_step")
     manifest["samples_seen"] = (last_state.get("global_step") or 0) * manifest["effective_batch"]
     _write_manifest(output_dir, manifest)

@@ -64,16 +64,31 @@ class Milestone:
 
     samples: int
     step: int
-    path: Path | None  # ``milestones/samples-<n>``; None until the run completes
+    path: Path | None  # ``milestones/samples-<n>`` inside the run folder; None until the run completes
     samples_seen: int  # step x effective batch
     adapter: bool  # True: ``path`` holds a LoRA adapter for the base model; False: a full model
+    counted: bool = True  # the run kept the trainer's token counter (``include_num_input_tokens_seen``)
 
     def training_tokens(self) -> int:
-        """Training tokens (non-padding) processed up to this milestone: TRL's logged ``num_tokens``
-        at the last log entry at or before ``step`` (0 when none was logged)."""
+        """Training tokens processed up to this milestone, repeats across epochs included.
+
+        The trainer's ``num_input_tokens_seen`` at the milestone step: the input tokens of every batch
+        trained on, kept in the checkpoint's state and restored on resume, so a resumed run reports what
+        an uninterrupted one does (TRL's logged ``num_tokens`` restarts at 0 in the resumed process).
+        With one sample per forward pass (every recipe) no batch holds padding, and this is exactly
+        the tokens of the samples seen, TRL's count; with larger per-device batches it includes the
+        padding the model processed. It is read from the trainer rather than replayed from the data:
+        a replay would have to copy transformers' and accelerate's sampler seeding and sharding and
+        TRL's tokenization, and would drift from them silently. Runs made before the counter was
+        kept (``counted`` False) fall back to TRL's last ``num_tokens`` logged at or before the step,
+        which is right only for a run that was never resumed.
+        """
         if self.path is None:
             raise IclvsftError(f"milestone {self.samples} has no checkpoint yet (the run has not completed)")
-        history = read_trainer_state(self.path).get("log_history", [])
+        state = read_trainer_state(self.path)
+        if self.counted:
+            return int(state.get("num_input_tokens_seen") or 0)
+        history = state.get("log_history", [])
         logged = [h for h in history if "num_tokens" in h and h.get("step", 0) <= self.step]
         return int(float(logged[-1]["num_tokens"])) if logged else 0
 
@@ -139,13 +154,37 @@ class TrainingRun:
         return self.manifest.get("effective_batch")
 
     @property
+    def counts_tokens(self) -> bool:
+        """Whether the trainer kept its token counter in its checkpoints (runs prepared since it was added)."""
+        resolved = self.manifest.get("resolved_config") or {}
+        return resolved.get("include_num_input_tokens_seen") in (True, "all", "non_padding")
+
+    def milestone_path(self, samples: int, stored: str) -> Path:
+        """The folder of milestone ``samples`` in this run folder, from the manifest's ``stored`` path.
+
+        Manifests store it relative to the run folder; older ones stored it absolute (or relative to
+        the working directory). Either way a milestone lives in ``milestones/samples-<n>`` of its run,
+        so such a path is read as that folder here, wherever the run folder has been copied or moved:
+        a copy never loads the original's checkpoints.
+        """
+        own = Path(MILESTONES_DIR) / f"samples-{samples}"
+        path = Path(stored)
+        if path.parts[-2:] != own.parts:
+            raise IclvsftError(
+                f"{self.directory / MANIFEST} gives milestone {samples} the path {stored}, which is not "
+                f"{own} of a run folder; train the run again into a new --output_dir"
+            )
+        return self.directory / own
+
+    @property
     def milestones(self) -> tuple[Milestone, ...]:
         """The milestones by sample count (empty for an ABSENT run)."""
         batch = self.effective_batch or 0
         out = []
         for samples, entry in self.manifest.get("milestones", {}).items():
-            path = Path(entry["path"]) if entry.get("path") else None
-            out.append(Milestone(int(samples), int(entry["step"]), path, int(entry["step"]) * batch, self.peft))
+            path = self.milestone_path(int(samples), entry["path"]) if entry.get("path") else None
+            step = int(entry["step"])
+            out.append(Milestone(int(samples), step, path, step * batch, self.peft, self.counts_tokens))
         return tuple(sorted(out, key=lambda m: m.samples))
 
     def milestone(self, samples: int) -> Milestone:

@@ -44,7 +44,7 @@ def run_circuit_analyses(
         icl = select_best(settings, "icl", task, label)
         ft = select_best(settings, "ft", task, label)
         shots = int(icl["shots"]) if icl else 0
-        checkpoint = ft.get("checkpoint") if ft else None
+        checkpoint = str(out / ft["checkpoint"]) if ft and ft.get("checkpoint") else None  # relative to --out
         notes = []
         if icl is None:
             notes.append("there is no ICL result")

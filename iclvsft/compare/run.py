@@ -33,12 +33,13 @@ from iclvsft.compare.records import has_pattern_use, mark_pattern_use, pattern_u
 from iclvsft_tasks.atomic import atomic_open, atomic_write_text, ensure_output_dir
 from iclvsft_tasks.cliutil import pin_cpu_threads, resolve_device
 from iclvsft_tasks.data.spec import HELD_OUT_SPLITS
-from iclvsft_tasks.data.splits import fingerprints
+from iclvsft_tasks.data.splits import build_split, fingerprints
 from iclvsft_tasks.demos import fixed_demo_ids
 from iclvsft_tasks.errors import IclvsftError, one_line
+from iclvsft_tasks.folder_lock import folder_lock
 from iclvsft_tasks.lm_eval_configs import SHOTS, variant_name
 from iclvsft_tasks.lm_eval_glue import BACKEND_NAME
-from iclvsft_tasks.scoring import INVALID
+from iclvsft_tasks.scoring import INVALID, extract_answer
 from iclvsft_train.checkpoints import load_causal_lm
 
 if TYPE_CHECKING:  # the training add-on is an optional extra, imported where a fine-tune needs it
@@ -235,7 +236,11 @@ def evaluate_cell(lm: Any, task_manager: Any, exp: Experiment, cell: Cell) -> tu
 
 
 class CellStore:
-    """Finished cells on disk: ``cells/<key>.json`` is written last, so its presence means done."""
+    """Finished cells on disk: ``cells/<key>.json`` is written last, so its presence means done.
+
+    A stored cell is used only after :meth:`verified` has checked it against the cell it claims to be
+    and recomputed its accuracy from its predictions; one that does not hold is evaluated again.
+    """
 
     def __init__(self, out: Path) -> None:
         self.out = out
@@ -243,23 +248,89 @@ class CellStore:
     def record_path(self, key: str) -> Path:
         return self.out / CELLS_DIR / f"{key}.json"
 
-    def get(self, key: str) -> dict[str, Any] | None:
+    def predictions_rel(self, key: str) -> str:
+        return f"{PREDICTIONS_DIR}/{key}.jsonl"
+
+    def verified(
+        self, key: str, cell: Cell, fingerprint: str, items: Sequence[dict[str, Any]], checkpoint: str | None = None
+    ) -> tuple[dict[str, Any] | None, str | None]:
+        """The stored record of ``key`` if it holds, else None and why not (no reason: never stored).
+
+        It holds when it is a record of this cell (key, condition, task, split, shots, samples, draw,
+        the split ``fingerprint``), its predictions file has one row per item of ``items`` in order with
+        the gold answers, each row's extracted answer and correctness recomputed from its raw
+        continuation agree, and its ``n``, ``correct``, ``accuracy`` and Wilson bounds are those of the rows.
+        ``checkpoint``: an FT cell's milestone, relative to the run folder (an older record's absolute
+        path to the same milestone is rewritten to it).
+        """
         path = self.record_path(key)
-        if not path.is_file():
-            return None
+        if not path.exists():
+            return None, None
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except ValueError:
-            return None  # unreadable: evaluate again
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            return None, f"unreadable ({one_line(exc)})"
+        if not isinstance(record, dict) or not record:
+            return None, f"holds {type(record).__name__ if record else 'an empty object'}, not a cell record"
+        expected = {
+            "key": key,
+            "condition": cell.condition,
+            "task": cell.task,
+            "split": cell.split,
+            "shots": cell.shots,
+            "ft_samples": cell.ft_samples,
+            "draw": cell.draw,
+            "fingerprint": fingerprint,
+            "predictions": self.predictions_rel(key),
+        }
+        wrong = [field for field, value in expected.items() if record.get(field) != value]
+        if wrong:
+            return None, f"its {', '.join(wrong)} {'does' if len(wrong) == 1 else 'do'} not match the cell"
+        if checkpoint is not None:
+            stored = Path(str(record.get("checkpoint", "")))
+            if stored.parts[-len(Path(checkpoint).parts) :] != Path(checkpoint).parts:
+                return None, "it names another checkpoint"
+            record["checkpoint"] = checkpoint
+        try:
+            rows = [json.loads(line) for line in (self.out / record["predictions"]).read_text("utf-8").splitlines()]
+        except FileNotFoundError:
+            return None, "its predictions file is missing"
+        except (OSError, ValueError) as exc:
+            return None, f"its predictions file cannot be read ({one_line(exc)})"
+        try:
+            ids_ok = [(r["id"], r["answer"]) for r in rows] == [(i["id"], i["answer"]) for i in items]
+            recomputed = [extract_answer(cell.task, r["raw"]) for r in rows]
+            rows_ok = all(r["prediction"] == p and r["correct"] is (p == r["answer"]) for r, p in zip(rows, recomputed))
+        except (KeyError, TypeError):
+            return None, "its predictions file is truncated or not ours"
+        if not ids_ok:
+            return None, "its predictions file does not hold the split's items (truncated or edited)"
+        if not rows_ok:
+            return None, "its predictions do not match their raw continuations"
+        correct = sum(r["correct"] for r in rows)
+        low, high = _wilson(correct, len(rows))
+        derived = {"n": len(rows), "correct": correct, "accuracy": correct / max(len(rows), 1), "ci_low": low}
+        derived["ci_high"] = high
+        for field, value in derived.items():
+            stored = record.get(field)
+            if not isinstance(stored, (int, float)) or isinstance(stored, bool) or abs(stored - value) > 1e-9:
+                return None, f"its {field} {stored!r} is not that of its predictions ({value:.6g})"
+        return record, None
 
     def put(self, key: str, record: dict[str, Any], predictions: list[dict]) -> dict[str, Any]:
-        rel = f"{PREDICTIONS_DIR}/{key}.jsonl"
+        rel = self.predictions_rel(key)
         with atomic_open(self.out / rel) as handle:
             for row in predictions:
                 handle.write(json.dumps(row, ensure_ascii=False) + "\n")
         record = {**record, "key": key, "predictions": rel}
         atomic_write_text(self.record_path(key), json.dumps(record, indent=1, sort_keys=True) + "\n")
         return record
+
+
+def _wilson(correct: int, n: int) -> tuple[float, float]:
+    from iclvsft.compare.stats import wilson_interval
+
+    return wilson_interval(correct, n)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -275,6 +346,14 @@ class RunContext:
 
     def key_of(self, cell: Cell) -> str:
         return cell.key({**self.context, "fingerprint": self.split_fps[cell.task][cell.split]})
+
+    def stored(self, cell: Cell) -> tuple[dict[str, Any] | None, str | None]:
+        """The cell's stored record if it verifies (:meth:`CellStore.verified`), else None and why not."""
+        items = build_split(self.exp.data.split_spec(cell.task), cell.split)
+        checkpoint = milestone_rel(cell) if cell.training else None
+        return CellStore(self.out).verified(
+            self.key_of(cell), cell, self.split_fps[cell.task][cell.split], items, checkpoint
+        )
 
 
 class CellRunner:
@@ -305,12 +384,26 @@ class CellRunner:
         return self.store.put(run.key_of(cell), record, predictions)
 
 
+def milestone_rel(cell: Cell) -> str:
+    """An FT cell's milestone folder relative to the run folder (records never store absolute paths,
+    so a copied run folder reads its own checkpoints)."""
+    from iclvsft_train.run_state import MILESTONES_DIR
+
+    return f"{FT_DIR}/{cell.training.name}/{MILESTONES_DIR}/samples-{cell.ft_samples}"
+
+
 def milestone_lm(exp: Experiment, model_path: str, trained: TrainingRun, samples: int) -> tuple[Any, dict[str, Any]]:
     """The model of a finished fine-tune's milestone, and the fields its cells' records add."""
     milestone = trained.milestone(samples)
     path = str(milestone.path)
     lm = load_lm(exp, model_path, adapter=path) if milestone.adapter else load_lm(exp, path)
-    return lm, {"train_tokens": milestone.training_tokens(), "checkpoint": path}
+    rel = milestone.path.relative_to(trained.directory.parent.parent).as_posix()  # <out>/ft/<name>/...
+    return lm, {"train_tokens": milestone.training_tokens(), "checkpoint": rel}
+
+
+def cell_label(cell: Cell) -> str:
+    """A cell in words, for messages."""
+    return icl_label(cell) if cell.condition == "icl" else ft_label(cell)
 
 
 def icl_label(cell: Cell) -> str:
@@ -374,23 +467,35 @@ def plan_training(exp: Experiment, model_path: str, training: Training) -> list[
     Runs before any evaluation, so a bad --ft-samples fails in seconds, not hours.
     """
     from iclvsft_train import launch
+    from iclvsft_train.data import DataOptions, split_fingerprints
     from iclvsft_train.run_state import RunStatus, TrainingRun
 
+    options = _train_options(exp, model_path, training)
     folder = TrainingRun.load(training.directory)
-    if folder.status is RunStatus.COMPLETE:
+    data = DataOptions.create(options.task, options.samples, options.data, options.train_shots)
+    stale = folder.status is not RunStatus.ABSENT and folder.manifest.get("split_fingerprints") != split_fingerprints(
+        data
+    )
+    if not stale and folder.status is RunStatus.COMPLETE:
         return []
-    if folder.can_resume:
+    if not stale and folder.can_resume:
         return _logging_flags(folder)
-    if training.directory.exists() and folder.status not in (RunStatus.PREPARED, RunStatus.ABSENT):
+    if training.directory.exists() and (stale or not folder.only_prepared):
+        # The folder is this run's own (named by the fine-tune's settings), so what cannot be resumed
+        # starts over: interrupted before its first checkpoint, an unreadable manifest.json, or data
+        # from a changed generator (its FT cells have new keys: the old model must not serve them).
+        if stale or (folder.status is RunStatus.ABSENT and any(training.directory.iterdir())):
+            why = "was trained on other data" if stale else "has an unreadable manifest.json"
+            print(f"iclvsft compare: fine-tune {training.name} {why}; training it again", file=sys.stderr)
         import shutil
 
-        shutil.rmtree(training.directory)  # interrupted before its first checkpoint: start over
-    launch.prepare(_train_options(exp, model_path, training))
+        shutil.rmtree(training.directory)
+    launch.prepare(options)
     return _logging_flags(TrainingRun.load(training.directory))
 
 
 def _logging_flags(folder: TrainingRun) -> list[str]:
-    """TRL logging at every milestone step, so that it records the token count at each milestone."""
+    """TRL logging at every milestone step, so that its log has the loss and token count at each milestone."""
     steps = folder.logging_steps
     return ["--logging_steps", str(steps)] if steps else []
 
@@ -522,6 +627,16 @@ def run_compare(
     items and demonstration draws; one report covers them all. ``make_bar`` builds the progress bar
     over each model's cells (tqdm's signature; default tqdm).
     """
+    started = time.perf_counter()
+    out = ensure_output_dir(exp.out)
+    with folder_lock(out, "iclvsft compare run"):  # one run per folder: two would evaluate every cell twice
+        return _compare_locked(exp, out, started, command, make_bar)
+
+
+def _compare_locked(
+    exp: Experiment, out: Path, started: float, command: Sequence[str], make_bar: Callable[..., Any] | None
+) -> dict[str, Any]:
+    """``run_compare`` while holding ``out``'s lock."""
     from tqdm.auto import tqdm
 
     from iclvsft.compare.circuit_section import run_circuit_analyses
@@ -531,9 +646,6 @@ def run_compare(
     from iclvsft.compare.results import write_results
     from iclvsft.compare.summary import summary_table
 
-    started = time.perf_counter()
-    out = ensure_output_dir(exp.out)
-
     split_fps = {t: fingerprints(exp.data.split_spec(t)) for t in exp.tasks}
     plans = [plan_model(exp, out, model, split_fps) for model in exp.models]  # every model resolves first
     jobs = exp.jobs or default_jobs(_device(exp))
@@ -542,14 +654,24 @@ def run_compare(
     for plan in plans:
         run, trainings, cells = plan.run, plan.trainings, plan.cells
         model_path = run.model_path
-        store = CellStore(out)
         todo = []
+        rejected = []
         for cell in cells:
-            found = store.get(run.key_of(cell))
-            if found is not None and has_pattern_use(found):  # older records lack pattern use: evaluate again
+            found, problem = run.stored(cell)
+            if found is not None and not has_pattern_use(found):
+                found, problem = None, None  # older records lack pattern use: evaluated again, silently
+            if found is not None:
                 records[run.key_of(cell)] = found
             else:
                 todo.append(cell)
+                if problem:
+                    rejected.append(f"  {CELLS_DIR}/{run.key_of(cell)}.json ({cell_label(cell)}): {problem}")
+        if rejected:
+            print(
+                f"iclvsft compare: {len(rejected)} stored cell(s) did not verify and are evaluated again:\n"
+                + "\n".join(rejected),
+                file=sys.stderr,
+            )
         logging_flags = (
             {t.name: plan_training(exp, model_path, t) for t in trainings}
             if any(c.condition == "ft" for c in todo)
@@ -593,7 +715,7 @@ def run_compare(
         "date": datetime.date.today().isoformat(),
         "command": " ".join(command),
         "wall_time_s": round(time.perf_counter() - started, 1),
-        "fine_tunes": {t.name: str(t.directory) for p in plans for t in p.trainings},
+        "fine_tunes": {t.name: t.directory.relative_to(out).as_posix() for p in plans for t in p.trainings},  # in --out
     }
     if several:  # the x axis of the figure across models
         meta["model_parameters"] = {p.run.label: _parameters(p.run.model_path) for p in plans}
