@@ -672,11 +672,10 @@ def _compare_locked(
                 + "\n".join(rejected),
                 file=sys.stderr,
             )
-        logging_flags = (
-            {t.name: plan_training(exp, model_path, t) for t in trainings}
-            if any(c.condition == "ft" for c in todo)
-            else {}
-        )
+        # Only fine-tunes with cells left are checked and prepared (one with an unreadable manifest is retrained).
+        logging_flags = {
+            t.name: plan_training(exp, model_path, t) for t in trainings if any(c.training == t for c in todo)
+        }
 
         def new_bar(cells: list[Cell] = cells, todo: list[Cell] = todo, label: str = run.label) -> Any:
             desc = f"cells {label}" if len(plans) > 1 else "cells"
