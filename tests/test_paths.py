@@ -14,7 +14,7 @@ def test_a_recipe_is_a_name_never_a_path(tmp_path, recipe):
     (tmp_path / "x.yaml").write_text("learning_rate: 1.0\n")
     with pytest.raises(IclvsftError, match="unknown recipe"):
         launch.load_recipe(recipe)
-    with pytest.raises(IclvsftError, match="unknown recipe"):
+    with pytest.raises(IclvsftError, match="recipe"):
         Experiment(recipe=recipe)
 
 
