@@ -99,7 +99,12 @@ def plot_task(settings: Settings, task: str, model: str, path: str | os.PathLike
     bottom[0].set_xlabel("demonstrations k (in-context learning)")
     bottom[1].set_xlabel("training samples n (fine-tuning, log scale)")
     fig.suptitle(f"{task} — {model}")
-    # One legend under both panels, so that it never hides a curve.
+    _shared_legend(fig, axes, max_columns=5)
+    return save_figure(fig, path, dpi=110)
+
+
+def _shared_legend(fig: Any, axes: Any, max_columns: int) -> None:
+    """One legend under all panels, each label once, so that it never hides a curve."""
     handles: dict[str, Any] = {}
     for ax in (a for row in axes for a in row):
         for handle, label in zip(*ax.get_legend_handles_labels()):
@@ -109,11 +114,10 @@ def plot_task(settings: Settings, task: str, model: str, path: str | os.PathLike
             list(handles.values()),
             list(handles),
             loc="outside lower center",
-            ncols=min(len(handles), 5),
+            ncols=min(len(handles), max_columns),
             fontsize=8,
             frameon=False,
         )
-    return save_figure(fig, path, dpi=110)
 
 
 def _slug(text: str) -> str:
@@ -291,14 +295,7 @@ def plot_models(
                 ax.set_ylabel(f"{what}, {split}", fontsize=8)
     size = " (parameters)" if known else ""
     fig.suptitle(f"ICL at k* and FT at n* (chosen on validation) against model size{size}")
-    handles: dict[str, Any] = {}
-    for ax in (a for row in axes for a in row):
-        for handle, label in zip(*ax.get_legend_handles_labels()):
-            handles.setdefault(label, handle)
-    if handles:
-        fig.legend(
-            list(handles.values()), list(handles), loc="outside lower center", ncols=2, fontsize=8, frameon=False
-        )
+    _shared_legend(fig, axes, max_columns=2)
     return save_figure(fig, path, dpi=110)
 
 

@@ -78,6 +78,17 @@ class Cell:
         """The demonstration mode that determines the cell (None at 0 shots: no demonstrations)."""
         return None if self.shots == 0 else ("fixed" if self.draw else "per-item")
 
+    def identity(self) -> dict[str, Any]:
+        """The fields a stored record repeats to say which cell it is."""
+        return {
+            "condition": self.condition,
+            "task": self.task,
+            "split": self.split,
+            "shots": self.shots,
+            "ft_samples": self.ft_samples,
+            "draw": self.draw,
+        }
+
     def key(self, context: dict[str, Any]) -> str:
         payload = {
             **context,
@@ -207,16 +218,9 @@ def evaluate_cell(lm: Any, task_manager: Any, exp: Experiment, cell: Cell) -> tu
     accuracy = result["results"][name]["exact_match,extract"]
     if abs(accuracy - correct / max(len(predictions), 1)) > 1e-9:
         raise AssertionError(f"{name}: lm-eval's accuracy {accuracy} disagrees with the per-item predictions")
-    from iclvsft.compare.stats import wilson_interval
-
-    low, high = wilson_interval(correct, len(predictions))
+    low, high = _wilson(correct, len(predictions))
     record = {
-        "condition": cell.condition,
-        "task": cell.task,
-        "split": cell.split,
-        "shots": cell.shots,
-        "ft_samples": cell.ft_samples,
-        "draw": cell.draw,
+        **cell.identity(),
         "demos": cell.demos,
         "n": len(predictions),
         "correct": correct,
@@ -274,12 +278,7 @@ class CellStore:
             return None, f"holds {type(record).__name__ if record else 'an empty object'}, not a cell record"
         expected = {
             "key": key,
-            "condition": cell.condition,
-            "task": cell.task,
-            "split": cell.split,
-            "shots": cell.shots,
-            "ft_samples": cell.ft_samples,
-            "draw": cell.draw,
+            **cell.identity(),
             "fingerprint": fingerprint,
             "predictions": self.predictions_rel(key),
         }
