@@ -359,7 +359,7 @@ def plan_training(exp: Experiment, model_path: str, training: Training) -> list[
 
     Runs before any evaluation, so a bad --ft-samples fails in seconds, not hours.
     """
-    from iclvsft_train import launch
+    from iclvsft_train import launch, runlock
     from iclvsft_train.run_state import RunStatus, TrainingRun
 
     folder = TrainingRun.load(training.directory)
@@ -367,11 +367,10 @@ def plan_training(exp: Experiment, model_path: str, training: Training) -> list[
         return []
     if folder.can_resume:
         return _logging_flags(folder)
-    if training.directory.exists() and folder.status not in (RunStatus.PREPARED, RunStatus.ABSENT):
-        import shutil
-
-        shutil.rmtree(training.directory)  # interrupted before its first checkpoint: start over
-    launch.prepare(_train_options(exp, model_path, training))
+    with runlock.hold(training.directory) as lock:  # never a folder that a live trainer (a killed run's) writes
+        if TrainingRun.load(training.directory).status not in (RunStatus.PREPARED, RunStatus.ABSENT):
+            runlock.clear(lock)  # interrupted before its first checkpoint: start over
+        launch.prepare(_train_options(exp, model_path, training))
     return _logging_flags(TrainingRun.load(training.directory))
 
 
