@@ -128,10 +128,20 @@ def main() -> None:
                 runs: dict[str, list[dict[str, float]]] = {"before": [], "after": [], "bare": []}
                 for i in range(args.repeats):  # interleaved, so drifting load hits each alike
                     runs["after"].append(
-                        timed([str(BIN / "iclvsft-train"), *common, "--output_dir", str(root / f"a{i}")], args.samples)
+                        timed(
+                            [
+                                str(BIN / "iclvsft-train"),
+                                *common,
+                                "--output_dir",
+                                str(prep.with_name(f"{prep.name}-after{i}")),
+                            ],
+                            args.samples,
+                        )
                     )
                     cmd = [str(BIN / "trl"), "sft", "--config", str(prep / "resolved.yaml")]
-                    runs["before"].append(timed([*cmd, "--output_dir", str(root / f"b{i}")], args.samples))
+                    runs["before"].append(
+                        timed([*cmd, "--output_dir", str(prep.with_name(f"{prep.name}-before{i}"))], args.samples)
+                    )
                     out = subprocess.run(
                         [sys.executable, __file__, "--bare", str(prep)],
                         env={**os.environ, **RUNENV},
