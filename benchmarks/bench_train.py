@@ -35,6 +35,7 @@ import datetime
 import json
 import platform
 import re
+import shlex
 import statistics
 import subprocess
 import sys
@@ -92,14 +93,14 @@ def overhead(root: Path, model: Path, recipe: str, task: str, samples: int, repe
         check=True,
     )
     prep_wall = time.perf_counter() - start
-    # The direct command is launch.trl_command, the very list the wrapper runs, with the wrapper's interpreter
-    # (its venv/bin/python3 may differ from ours in name only); check it is what the dry run printed.
-    printed = proc.stdout.strip().splitlines()[-1]
+    # The direct command is the plain `trl sft` line the dry run prints (the wrapper runs the same
+    # arguments through iclvsft_train.fast_sft); check that it is what launch.trl_command gives.
+    printed = shlex.split(proc.stdout.strip().splitlines()[-1])
 
     def command(out: Path) -> list[str]:
-        return [printed.split()[0], *launch.trl_command(out, ())[1:]]
+        return [str(WRAPPER.parent / "trl"), "sft", *launch.trl_command(out, ())[len(launch.TRL_COMMAND) :]]
 
-    assert printed == " ".join(command(prep)), printed
+    assert printed[2:] == command(prep)[2:], printed
     resolved = yaml.safe_load((prep / launch.RESOLVED).read_text())
     runs: dict[str, list[tuple[float, dict[str, float]]]] = {"wrapper": [], "direct": []}
     for i in range(repeats):  # alternate, so drift in machine load hits both sides alike

@@ -14,6 +14,7 @@ The flow of one run:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import hashlib
@@ -21,10 +22,13 @@ import importlib.util
 import json
 import math
 import os
+import shlex
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,6 +40,7 @@ from iclvsft_tasks.atomic import atomic_open, atomic_write_text
 from iclvsft_tasks.cliutil import default_threads, flag_value
 from iclvsft_tasks.data.spec import DataSpec
 from iclvsft_tasks.errors import IclvsftError, one_line
+from iclvsft_train import fast_sft, runlock
 from iclvsft_train.data import DataOptions, build_records, split_fingerprints, write_records
 from iclvsft_train.run_state import (
     DATA_DIR,
@@ -69,8 +74,11 @@ DERIVED_KEYS = (
 TOKEN_COUNTER = {"include_num_input_tokens_seen": True}
 #: Files of a checkpoint needed only to resume it; dropped from finished milestones.
 _RESUME_ONLY_FILES = ("optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state.pth")
-#: The command that is `trl sft`, run by this interpreter so the same environment is used.
-TRL_COMMAND = [sys.executable, "-c", "import sys; from trl.cli import main; sys.exit(main())", "sft"]
+#: What iclvsft-train runs: `trl sft` with the completion-only loss on CPU and a lifetime tied to this
+#: process (see fast_sft), by this interpreter so the same environment is used.
+TRL_COMMAND = [sys.executable, "-m", fast_sft.MODULE, fast_sft.LAUNCH]
+#: The equivalent plain command a TRL user knows, as --dry-run prints it.
+PLAIN_TRL_COMMAND = ["trl", "sft"]
 
 
 def recipe_names() -> list[str]:
@@ -318,7 +326,8 @@ def check_output_dir(output_dir: Path, resume: bool) -> None:
         raise IclvsftError(f"--output_dir {output_dir} exists and is not a directory")
     if resume:
         return
-    if output_dir.is_dir() and any(output_dir.iterdir()) and not TrainingRun.load(output_dir).only_prepared:
+    in_folder = [p for p in output_dir.iterdir() if p.name != runlock.LOCK_FILE] if output_dir.is_dir() else []
+    if in_folder and not TrainingRun.load(output_dir).only_prepared:
         what = "a run" if (output_dir / MANIFEST).exists() else "files"
         raise IclvsftError(
             f"--output_dir {output_dir} already holds {what}; add --resume to continue "
@@ -352,7 +361,14 @@ def _progress(total: int, desc: str):
 
 
 def prepare(options: TrainOptions) -> dict[str, Any]:
-    """Steps 1-3: check, write data and resolved.yaml, and return the manifest (nothing is launched)."""
+    """Steps 1-3: check, write data and resolved.yaml, and return the manifest (nothing is launched).
+
+    Under the folder's lock: a folder another live run holds is neither checked nor written."""
+    with runlock.hold(options.output_dir):
+        return _prepare(options)
+
+
+def _prepare(options: TrainOptions) -> dict[str, Any]:
     data = DataOptions.create(options.task, options.samples, options.data, options.train_shots)
     output_dir = options.output_dir
     check_output_dir(output_dir, options.resume)
@@ -398,13 +414,11 @@ def prepare(options: TrainOptions) -> dict[str, Any]:
     )
 
     # Parse the way `trl sft` will, to learn the batch and epochs that explicit flags may override.
-    probe_dir = Path(os.environ.get("TMPDIR", "/tmp"))
-    probe = probe_dir / f".iclvsft-train-probe-{os.getpid()}.yaml"
-    try:
-        probe.write_text(yaml.safe_dump(base, sort_keys=False), encoding="utf-8")
-        _, sft_args, model_args, remaining = parse_trl(probe, passthrough)
-    finally:
-        probe.unlink(missing_ok=True)
+    # A fresh private file (O_EXCL, mode 0600): never a predictable name that a symlink could redirect.
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="iclvsft-train-probe-", encoding="utf-8") as probe:
+        probe.write(yaml.safe_dump(base, sort_keys=False))
+        probe.flush()
+        _, sft_args, model_args, remaining = parse_trl(Path(probe.name), passthrough)
     processes = world_size(passthrough, base)
     schedule = plan_schedule(
         options.samples,
@@ -493,10 +507,16 @@ def _resume_view(key: str, value: Any) -> Any:
 
 
 def trl_command(output_dir: Path, passthrough: Sequence[str], resume_from: Path | None = None) -> list[str]:
+    """What iclvsft-train runs (``TRL_COMMAND``): ``trl sft`` with the compact CPU loss."""
     cmd = [*TRL_COMMAND, "--config", str(output_dir / RESOLVED), *normalize_passthrough(passthrough)]
     if resume_from is not None:
         cmd += ["--resume_from_checkpoint", str(resume_from)]
     return cmd
+
+
+def plain_trl_command(cmd: Sequence[str]) -> str:
+    """``cmd`` (from trl_command) as the equivalent ``trl sft`` line, quoted so that it runs when pasted."""
+    return shlex.join([*PLAIN_TRL_COMMAND, *cmd[len(TRL_COMMAND) :]])
 
 
 def finalize_milestones(folder: TrainingRun, manifest: dict[str, Any]) -> None:
@@ -519,7 +539,12 @@ def finalize_milestones(folder: TrainingRun, manifest: dict[str, Any]) -> None:
 
 
 def run(options: TrainOptions) -> int:
-    """The whole run; returns trl's exit code (0 on success)."""
+    """The whole run, holding the folder's lock; returns trl's exit code (0 on success)."""
+    with runlock.hold(options.output_dir) as lock:
+        return _run(options, lock)
+
+
+def _run(options: TrainOptions, lock: runlock.RunLock) -> int:
     manifest = prepare(options)
     output_dir = options.output_dir
     folder = TrainingRun.load(output_dir)  # for its checkpoints: this function writes the manifest itself
@@ -535,7 +560,13 @@ def run(options: TrainOptions) -> int:
     cmd = trl_command(output_dir, options.passthrough, resume_from)
     manifest["command"] = cmd
     if options.dry_run:
-        print(" ".join(cmd))
+        print(plain_trl_command(cmd))
+        print(
+            "iclvsft-train: the same run as this plain trl sft command; iclvsft-train itself runs it as "
+            f"`python -m {fast_sft.MODULE} sft ...`, which scores the loss on the completion tokens only on CPU "
+            "too (equal losses, less time) and ends the trainer with its parent",
+            file=sys.stderr,
+        )
         return 0
     manifest["status"] = RunStatus.RUNNING.value
     _write_manifest(output_dir, manifest)
@@ -545,15 +576,8 @@ def run(options: TrainOptions) -> int:
         + (f", resuming from {resume_from.name}" if resume_from else ""),
         file=sys.stderr,
     )
-    process = subprocess.Popen(cmd)
-    previous = {sig: signal.signal(sig, lambda s, f: process.send_signal(s)) for sig in (signal.SIGTERM,)}
-    try:
-        code = process.wait()
-    except KeyboardInterrupt:
-        code = process.wait()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    lock.share()  # the training workers take shared locks of their own
+    code = supervise(cmd)
     if code != 0:
         manifest["status"] = RunStatus.FAILED.value
         manifest["exit_code"] = code
@@ -562,6 +586,8 @@ def run(options: TrainOptions) -> int:
             f"iclvsft-train: trl sft exited with status {code}; `--resume` continues from the last checkpoint",
             file=sys.stderr,
         )
+        if code == 128 + signal.SIGINT:
+            raise KeyboardInterrupt  # Ctrl-C: the caller (the CLI, iclvsft compare) stops as it does for one
         return code
     checkpoints = folder.complete_checkpoints()
     last_state = read_trainer_state(checkpoints[-1]) if checkpoints else {}
@@ -573,3 +599,39 @@ def run(options: TrainOptions) -> int:
     _write_manifest(output_dir, manifest)
     print(f"iclvsft-train: done: {output_dir} ({len(manifest['milestones'])} milestones)", file=sys.stderr)
     return 0
+
+
+#: Signals that stop a run: each ends the trainer's whole process group.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def supervise(cmd: Sequence[str]) -> int:
+    """Run ``cmd`` (the fast_sft launcher) in a process group of its own and wait for it.
+
+    The launcher dies with this process (parent-death signal) and takes its group with it; a stop
+    signal sent here ends that group; and whatever of the group is left when the launcher exits
+    is killed, so no trainer outlives the run.
+    """
+    process = subprocess.Popen(list(cmd), process_group=0, env={**os.environ, fast_sft.PARENT_ENV: str(os.getpid())})
+    stopped: list[int] = []
+
+    def stop(signum: int, frame: Any) -> None:
+        stopped.append(signum)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)  # the launcher kills its whole group
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS} if main_thread else {}
+    try:
+        code = process.wait()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # stragglers (a worker hung after the launcher ended)
+        if process.poll() is None:
+            process.wait()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if stopped:
+        print(f"iclvsft-train: stopped by {signal.Signals(stopped[0]).name}", file=sys.stderr)
+        return 128 + stopped[0]
+    return code

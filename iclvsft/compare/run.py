@@ -465,7 +465,7 @@ def plan_training(exp: Experiment, model_path: str, training: Training) -> list[
 
     Runs before any evaluation, so a bad --ft-samples fails in seconds, not hours.
     """
-    from iclvsft_train import launch
+    from iclvsft_train import launch, runlock
     from iclvsft_train.data import DataOptions, split_fingerprints
     from iclvsft_train.run_state import RunStatus, TrainingRun
 
@@ -479,17 +479,20 @@ def plan_training(exp: Experiment, model_path: str, training: Training) -> list[
         return []
     if not stale and folder.can_resume:
         return _logging_flags(folder)
-    if training.directory.exists() and (stale or not folder.only_prepared):
-        # The folder is this run's own (named by the fine-tune's settings), so what cannot be resumed
-        # starts over: interrupted before its first checkpoint, an unreadable manifest.json, or data
-        # from a changed generator (its FT cells have new keys: the old model must not serve them).
-        if stale or (folder.status is RunStatus.ABSENT and any(training.directory.iterdir())):
-            why = "was trained on other data" if stale else "has an unreadable manifest.json"
-            print(f"iclvsft compare: fine-tune {training.name} {why}; training it again", file=sys.stderr)
-        import shutil
-
-        shutil.rmtree(training.directory)
-    launch.prepare(options)
+    with runlock.hold(training.directory) as lock:  # never a folder that a live trainer (a killed run's) writes
+        folder = TrainingRun.load(training.directory)
+        if stale or not folder.only_prepared:
+            # The folder is this run's own (named by the fine-tune's settings), so what cannot be resumed
+            # starts over: interrupted before its first checkpoint, an unreadable manifest.json, or data
+            # from a changed generator (its FT cells have new keys: the old model must not serve them).
+            unreadable = folder.status is RunStatus.ABSENT and any(
+                p.name != runlock.LOCK_FILE for p in training.directory.iterdir()
+            )
+            if stale or unreadable:
+                why = "was trained on other data" if stale else "has an unreadable manifest.json"
+                print(f"iclvsft compare: fine-tune {training.name} {why}; training it again", file=sys.stderr)
+            runlock.clear(lock)
+        launch.prepare(options)
     return _logging_flags(TrainingRun.load(training.directory))
 
 

@@ -1,0 +1,260 @@
+"""How iclvsft-train runs TRL: the compact CPU loss gives plain `trl sft`'s losses, every process of a
+run dies with it, one live run per folder, and --dry-run prints a `trl sft` line that a shell runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from iclvsft_train import fast_sft, launch, runlock
+from iclvsft_train.run_state import TrainingRun
+
+BIN = Path(sys.executable).parent
+SIZE_FLAGS = ["--train-size", "200", "--test-size", "12", "--test-broken-size", "12", "--validation-size", "10"]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1", **extra}
+
+
+def _args(model: Path, out: Path, *more: str, samples: int = 16, recipe: str = "lora") -> list[str]:
+    return [
+        "--task",
+        "relation_pattern",
+        "--samples",
+        str(samples),
+        "--train-shots",
+        "0,2",
+        "--model_name_or_path",
+        str(model),
+        "--output_dir",
+        str(out),
+        "--recipe",
+        recipe,
+        *SIZE_FLAGS,
+        "--train-size",
+        str(max(200, samples)),
+        *more,
+    ]
+
+
+def _train(args: list[str], **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(BIN / "iclvsft-train"), *args], capture_output=True, text=True, timeout=600, env=_env(), **kwargs
+    )
+
+
+# --- the compact loss -------------------------------------------------------------------------------------
+
+
+def test_the_compact_path_scores_only_labelled_positions_on_cpu(tiny_llama, monkeypatch):
+    import torch
+    import trl.kernels.chunked_logprob as kernels
+    import trl.trainer.utils as trl_utils
+    from transformers import AutoModelForCausalLM
+
+    monkeypatch.setattr(trl_utils, "_use_triton", trl_utils._use_triton)  # undone after the test
+    assert fast_sft.install_compact_loss()
+    assert trl_utils._use_triton(torch.device("cpu"))
+    assert not kernels._use_triton(torch.device("cpu"))  # Triton kernels are still not picked on CPU
+
+    scored = []
+    apply = trl_utils._ChunkedLogProbFunction.apply
+
+    def spy(hidden, *rest):
+        scored.append(hidden.shape[0])
+        return apply(hidden, *rest)
+
+    monkeypatch.setattr(trl_utils._ChunkedLogProbFunction, "apply", spy)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    trl_utils.add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
+    ids = torch.arange(5, 45).reshape(2, 20)
+    labels = torch.full_like(ids, -100)
+    labels[:, -3:] = ids[:, -3:]  # three completion tokens per row
+    out = model(input_ids=ids, labels=labels, fused_lm_head=True)
+    assert scored == [6]  # 2 rows x 3 labelled positions (shifted), not 2 x 19
+    full = model(input_ids=ids).logits[:, :-1].log_softmax(-1)
+    expected = full.gather(-1, ids[:, 1:, None])[..., 0][:, -3:]
+    assert torch.allclose(out.log_probs[:, -3:], expected, atol=1e-5)
+
+
+def test_an_unexpected_trl_falls_back_to_plain_behaviour_with_a_warning(monkeypatch):
+    import trl.trainer.utils as trl_utils
+
+    monkeypatch.delattr(trl_utils, "_use_triton")
+    with pytest.warns(UserWarning, match="training as plain trl sft does"):
+        assert not fast_sft.install_compact_loss()
+
+
+def _logged_losses(run_dir: Path) -> list[float]:
+    last = TrainingRun.load(run_dir).complete_checkpoints() or sorted(run_dir.glob("checkpoint-*"))
+    state = json.loads((last[-1] / "trainer_state.json").read_text())
+    return [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+
+
+@pytest.mark.parametrize("recipe", ["lora", "full"])
+def test_losses_equal_plain_trl_sft(tiny_llama, tmp_path, recipe):
+    """The same resolved config through plain `trl sft` and through the launcher iclvsft-train runs."""
+    prep = tmp_path / "prep"
+    flags = ["--logging_steps", "1", "--learning_rate", "1e-3"]
+    proc = _train(_args(tiny_llama, prep, *flags, "--dry-run", samples=40, recipe=recipe))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    losses = {}
+    for name, head in (("plain", [str(BIN / "trl"), "sft"]), ("compact", launch.TRL_COMMAND)):
+        out = tmp_path / name
+        cmd = [*head, "--config", str(prep / launch.RESOLVED), "--output_dir", str(out), *flags]
+        run = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=_env())
+        assert run.returncode == 0, run.stderr[-2000:]
+        losses[name] = _logged_losses(out)
+    assert len(losses["plain"]) == 10
+    assert losses["compact"] == pytest.approx(losses["plain"], rel=1e-4)
+
+
+# --- --dry-run -----------------------------------------------------------------------------------------------
+
+
+def test_dry_run_prints_a_trl_sft_command_a_shell_runs(tiny_llama, tmp_path):
+    out = tmp_path / "it's a dir"  # a quote and a space: the line must still paste into a shell
+    proc = _train(_args(tiny_llama, out, "--dry-run", "--lora_target_modules", "q_proj", "v_proj"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    line = proc.stdout.strip().splitlines()[-1]
+    argv = shlex.split(line)
+    assert argv[:2] == ["trl", "sft"]
+    assert argv[2:] == launch.trl_command(out, ["--lora_target_modules", "q_proj", "v_proj"])[len(launch.TRL_COMMAND) :]
+    assert "completion tokens only" in proc.stderr
+    # the shell runs it (with --help, which parses the same command line without training)
+    shell = subprocess.run(
+        ["bash", "-c", f"PATH={BIN}:$PATH {line} --help"], capture_output=True, text=True, timeout=300, env=_env()
+    )
+    assert shell.returncode == 0, shell.stderr[-2000:]
+    assert "usage: trl sft" in shell.stdout
+
+
+def test_the_probe_config_is_a_private_temporary_file(tiny_llama, tmp_path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    trap = tmp_path / f".iclvsft-train-probe-{os.getpid()}.yaml"  # the old predictable name, as a symlink
+    victim = tmp_path / "victim"
+    victim.write_text("keep")
+    trap.symlink_to(victim)
+    seen = []
+    parse = launch.parse_trl
+
+    def spy(path, passthrough):
+        seen.append((path, oct(path.stat().st_mode & 0o777), path.is_symlink()))
+        return parse(path, passthrough)
+
+    monkeypatch.setattr(launch, "parse_trl", spy)
+    launch.prepare(
+        launch.TrainOptions(task="parity_pattern", samples=8, model=str(tiny_llama), output_dir=tmp_path / "run")
+    )
+    assert victim.read_text() == "keep"
+    ((path, mode, link),) = seen
+    assert path.parent == tmp_path and mode == "0o600" and not link and not path.exists()
+
+
+# --- one live run per folder ----------------------------------------------------------------------------------
+
+
+def test_a_second_run_on_a_live_folder_is_refused_in_one_line(tiny_llama, tmp_path):
+    out = tmp_path / "run"
+    with runlock.hold(out):  # as a live iclvsft-train (or one of its workers) holds it
+        proc = _train(_args(tiny_llama, out))
+        assert proc.returncode == 2
+        assert proc.stderr.strip() == (
+            f"iclvsft-train: error: --output_dir {out} is in use by another live iclvsft-train run; "
+            "wait for it to end, or choose another directory"
+        )
+        assert os.listdir(out) == [runlock.LOCK_FILE]  # nothing written
+    assert not out.exists()  # the lock's own folder goes with it when nothing else was written
+    with runlock.hold(out):
+        with runlock.hold(out):  # nested holds in one process share the lock
+            pass
+        with runlock.share(out):  # a worker's shared lock next to iclvsft-train's, once it shares
+            pass
+
+
+def test_a_failed_check_leaves_an_existing_empty_folder_as_it_was(tiny_llama, tmp_path):
+    out = tmp_path / "empty"
+    out.mkdir()
+    proc = _train(_args(tiny_llama, out, samples=15))
+    assert proc.returncode == 2 and "whole batches" in proc.stderr
+    assert os.listdir(out) == []
+
+
+# --- lifetime -----------------------------------------------------------------------------------------------
+
+
+def _run_processes(marker: str) -> list[int]:
+    """Live processes whose command line or environment names ``marker`` (the run's output dir)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z" and (marker.encode() in cmdline or marker.encode() in environ):
+            found.append(int(pid))
+    return found
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+def test_killing_iclvsft_train_leaves_no_process_of_the_run(tiny_llama, tmp_path, how):
+    out = tmp_path / "run"
+    marker = f"iclvsft-kill-test-{os.getpid()}-{how}"
+    process = subprocess.Popen(
+        [str(BIN / "iclvsft-train"), *_args(tiny_llama, out, samples=2000, recipe="full")],
+        env=_env(ICLVSFT_TEST_MARKER=marker),  # inherited by every process of the run
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not list(out.glob("checkpoint-*")):  # the trainer is training
+            assert process.poll() is None
+            time.sleep(0.1)
+        assert list(out.glob("checkpoint-*")), "training never started"
+        assert len(_run_processes(marker)) >= 3  # iclvsft-train, the launcher, the training worker
+        process.send_signal(getattr(signal, how))
+        process.wait(timeout=60)
+        lock = out / runlock.LOCK_FILE
+        deadline = time.time() + 10  # a dying process drops its memory (environ) before its files (the lock)
+        while time.time() < deadline and (_run_processes(marker) or _lock_holders(lock)):
+            time.sleep(0.1)
+        assert _run_processes(marker) == []
+        assert _lock_holders(lock) == []
+    finally:
+        for pid in _run_processes(marker):
+            os.kill(pid, signal.SIGKILL)
+        process.kill()
+    if how == "SIGTERM":
+        assert json.loads((out / "manifest.json").read_text())["status"] == "failed"
+    with runlock.hold(out):  # the lock died with the run: the folder is free again
+        pass
+
+
+def _lock_holders(path: Path) -> list[str]:
+    inode = f":{path.stat().st_ino} "
+    out = []
+    for line in Path("/proc/locks").read_text().splitlines():
+        if inode in line:
+            pid = line.split()[4]
+            try:
+                info = Path(f"/proc/{pid}/status").read_text().splitlines()[:8]
+                info += [Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")]
+            except OSError:
+                info = ["gone"]
+            out.append(line + " " + " | ".join(info))
+    return out
