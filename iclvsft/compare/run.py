@@ -37,7 +37,7 @@ from iclvsft_tasks.demos import fixed_demo_ids
 from iclvsft_tasks.errors import IclvsftError, one_line
 from iclvsft_tasks.lm_eval_configs import SHOTS, variant_name
 from iclvsft_tasks.lm_eval_glue import BACKEND_NAME
-from iclvsft_train.checkpoints import load_causal_lm
+from iclvsft_train.checkpoints import load_causal_lm, load_config
 
 if TYPE_CHECKING:  # the training add-on is an optional extra, imported where a fine-tune needs it
     from iclvsft_train.run_state import TrainingRun
@@ -457,9 +457,9 @@ def run_compare(
     from iclvsft.models import model_label, resolve_model
 
     started = time.perf_counter()
-    out = ensure_output_dir(exp.out)
-
     model_path = resolve_model(exp.model)  # one float32 cache; lm-eval and TRL cast to exp.dtype on load
+    load_config(model_path)  # a missing or unreadable model fails here, before out exists
+    out = ensure_output_dir(exp.out)
     label = model_label(exp.model)
     model_id = {"label": label, "path": model_path}
     split_fps = {t: fingerprints(exp.data.split_spec(t)) for t in exp.tasks}
