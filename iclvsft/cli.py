@@ -151,9 +151,12 @@ def _parse_eval_args(text: str | None) -> dict[str, object] | None:
     from lm_eval.utils import simple_parse_args_string
 
     try:
-        return simple_parse_args_string(text)
+        parsed = simple_parse_args_string(text)
     except Exception:
-        raise IclvsftError(f"--eval-args must look like key=value,key=value, got {text!r}") from None
+        parsed = None
+    if not isinstance(parsed, dict) or any(not str(key).strip() for key in parsed):
+        raise IclvsftError(f"--eval-args must look like key=value,key=value, got {text!r}")
+    return parsed
 
 
 def cmd_compare(args: argparse.Namespace, extra: list[str]) -> int:

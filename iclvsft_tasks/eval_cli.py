@@ -12,6 +12,8 @@ Three commands of our own manage that registered copy: ``register``, ``unregiste
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import hashlib
 import importlib
 import importlib.util
@@ -20,8 +22,9 @@ import json
 import re
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from iclvsft_tasks.atomic import atomic_write_dir, check_creatable
 from iclvsft_tasks.cliutil import check_device, flag_value, run_cli, version_line
@@ -271,6 +274,21 @@ def _one_line_model_errors() -> None:
         setattr(LM, name, classmethod(create))
 
 
+@contextlib.contextmanager
+def _one_line_usage_errors() -> Iterator[None]:
+    """lm-eval's argparse mistakes as one line (as our own parsers do), without its usage text above."""
+    original = argparse.ArgumentParser.error
+
+    def error(self: argparse.ArgumentParser, message: str) -> NoReturn:
+        self.exit(2, f"{PROG}: error: {message} (see {PROG} --help)\n")
+
+    argparse.ArgumentParser.error = error  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        argparse.ArgumentParser.error = original  # type: ignore[method-assign]
+
+
 #: Printed above lm-eval's own help: what iclvsft-eval adds to it.
 HELP_HEADER = f"""\
 {PROG}: lm-eval's command line with iclvsft's pattern tasks added (every lm_eval argument and
@@ -311,7 +329,8 @@ def _main(argv: Sequence[str]) -> int:
 
     sys.argv = ["lm-eval", *new_argv]
     try:
-        cli_evaluate()
+        with _one_line_usage_errors():
+            cli_evaluate()
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except ValueError as exc:

@@ -38,7 +38,10 @@ def checkpoint_kind(path: PathLike) -> str:
     """``"adapter"`` (holds adapter_config.json) or ``"full"`` (config.json); else an IclvsftError."""
     p = Path(path)
     if not p.exists():
-        raise IclvsftError(f"fine-tuned checkpoint {path} does not exist")
+        raise IclvsftError(
+            f"fine-tuned checkpoint {path} does not exist; give a model or LoRA adapter directory "
+            "(e.g. a milestone of an iclvsft-train run: OUTPUT_DIR/milestones/samples-N)"
+        )
     if not p.is_dir():
         raise IclvsftError(f"fine-tuned checkpoint {path} is not a directory")
     if (p / "adapter_config.json").is_file():
