@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from iclvsft.compare.config import BACKENDS
-from iclvsft_tasks.atomic import atomic_open, atomic_write_dir
+from iclvsft_tasks.atomic import atomic_open, atomic_write_dir, check_creatable
 from iclvsft_tasks.cliutil import (
     OneLineParser,
     add_split_size_flags,
@@ -34,7 +34,7 @@ PROG = "iclvsft"
 
 
 def _add_split_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--seed", type=int, default=0, help="data seed (default 0)")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="data seed (default 0)")
     add_split_size_flags(parser, DEFAULT_SIZES, "earlier splits win duplicates, so they shape later ones")
 
 
@@ -69,9 +69,9 @@ def _export_trl(args: argparse.Namespace) -> int:
         raise IclvsftError("--format trl takes --samples, not --size (--train-size sets the pool they come from)")
     shots = parse_int_list(args.train_shots, "--train-shots")
     options = DataOptions.create(args.task, args.samples, data_from_flags(args, seed=args.seed), shots)
+    out = check_creatable(args.out, "--out")
     with _progress_bar(args.samples, "training records") as bar:
         records = build_records(options, progress=bar.update)
-    out = Path(args.out)
     atomic_write_dir(out, lambda directory: write_records(records, directory))
     print(
         f"wrote {len(records):,} prompt/completion records of {', '.join(options.tasks)} (seed {options.data.seed}) "
@@ -93,11 +93,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     if len(tasks) != 1:
         raise IclvsftError(f"export writes one task at a time, got {args.task!r}")
     spec = _spec(args, tasks[0])
+    out = check_creatable(args.out, "--out", directory=args.format != "jsonl")
     upto = SPLITS.index(args.split)
     total = sum(spec.size(s) for s in SPLITS[: upto + 1])
     with _progress_bar(total, f"{spec.task} {args.split}") as bar:
         items = draw_splits(spec, args.split, progress=bar.update)[args.split]
-    out = Path(args.out)
     if args.format == "jsonl":
         with atomic_open(out) as handle:
             for item in items:
@@ -151,9 +151,12 @@ def _parse_eval_args(text: str | None) -> dict[str, object] | None:
     from lm_eval.utils import simple_parse_args_string
 
     try:
-        return simple_parse_args_string(text)
+        parsed = simple_parse_args_string(text)
     except Exception:
-        raise IclvsftError(f"--eval-args must look like key=value,key=value, got {text!r}") from None
+        parsed = None
+    if not isinstance(parsed, dict) or any(not str(key).strip() for key in parsed):
+        raise IclvsftError(f"--eval-args must look like key=value,key=value, got {text!r}")
+    return parsed
 
 
 def cmd_compare(args: argparse.Namespace, extra: list[str]) -> int:
@@ -257,7 +260,7 @@ def build_parser() -> OneLineParser:
         "--task", required=True, help="task name (see `iclvsft tasks`); --format trl: several, comma-separated, mix"
     )
     export.add_argument("--split", choices=SPLITS, help="default test (--format trl: train, the only choice)")
-    export.add_argument("--size", type=non_negative_int, help="items in the exported split (default: its default size)")
+    export.add_argument("--size", type=positive_int, help="items in the exported split (default: its default size)")
     export.add_argument("--out", required=True, help="output file (jsonl) or directory (hf, trl)")
     export.add_argument(
         "--format",
@@ -309,7 +312,7 @@ def build_parser() -> OneLineParser:
     )
     cmp_.add_argument("--train-shots", help="k-shot prompts mixed into fine-tuning data (default 0)")
     add_split_size_flags(cmp_, None, "default: the experiment's")
-    cmp_.add_argument("--seed", type=int, help="data seed (default 0)")
+    cmp_.add_argument("--seed", type=non_negative_int, help="data seed (default 0)")
     cmp_.add_argument("--out", help="output folder (default runs/compare)")
     cmp_.add_argument("--dtype", choices=DTYPES_OR_AUTO)
     cmp_.add_argument("--device", help="cpu or cuda (default: cuda when available)")

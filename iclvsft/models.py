@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from iclvsft_tasks.atomic import atomic_write_dir
-from iclvsft_tasks.errors import IclvsftError, one_line
+from iclvsft_tasks.errors import IclvsftError, model_path_problem, one_line
 from iclvsft_train.checkpoints import check_dtype, load_causal_lm
 
 #: The file inside a converted directory that says it is complete and what it was made from.
@@ -196,7 +196,7 @@ def resolve_model(name: str, dtype: str = "float32", verbose: bool = True) -> st
     if _HUB_ID.match(name):
         return name
     if os.sep in name or name.startswith((".", "~")):
-        raise IclvsftError(f"model directory {name} does not exist")
+        raise IclvsftError(model_path_problem(name) or f"model directory {name} does not exist")
     raise IclvsftError(_unknown_message(name))
 
 

@@ -158,11 +158,59 @@ def atomic_write_dir(path: str | os.PathLike[str], fill: Callable[[Path], None])
         raise
 
 
+def _pathconf(path: str, name: str, default: int) -> int:
+    try:
+        return os.pathconf(path, name)
+    except (OSError, ValueError):
+        return default
+
+
+def check_creatable(path: str | os.PathLike[str], flag: str = "--out", *, directory: bool = True) -> Path:
+    """``path`` as a Path once it is known that it can be written, as a folder (``directory``) or a
+    file, or one IclvsftError naming ``flag`` and what to do. Creates nothing that stays: where the
+    path does not exist yet, a probe folder is made and removed in its nearest existing parent (the
+    only test that holds for root and for read-only or virtual file systems such as /proc)."""
+    if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
+        raise IclvsftError(f"{flag} must be a path, got {path!r}")
+    given = Path(path).expanduser()
+    absolute = Path(os.path.abspath(given))
+    shown = str(given) if len(str(given)) <= 80 else f"{str(given)[:40]}...{str(given)[-30:]}"
+    parent = absolute
+    while not os.path.lexists(parent):  # False also for a name the file system refuses
+        parent = parent.parent
+    name_max = _pathconf(str(parent), "PC_NAME_MAX", 255)
+    for part in absolute.parts[1:]:
+        if len(os.fsencode(part)) > name_max:
+            raise IclvsftError(
+                f"{flag} {shown}: the name {part[:24]}... is {len(os.fsencode(part))} bytes long, more than the "
+                f"{name_max} this file system allows; choose a shorter name"
+            )
+    path_max = _pathconf(str(parent), "PC_PATH_MAX", 4096)
+    if len(os.fsencode(str(absolute))) >= path_max:
+        raise IclvsftError(f"{flag} {shown}: the path is over the {path_max} bytes allowed; choose a shorter one")
+    if parent == absolute:
+        if directory and not absolute.is_dir():
+            raise IclvsftError(f"{flag} {shown} exists and is not a directory; choose a folder")
+        if not directory and absolute.is_dir():
+            raise IclvsftError(f"{flag} {shown} is a directory; give a file name")
+        folder = absolute if directory else absolute.parent
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise IclvsftError(f"{flag} {shown}: {folder} is not writable; choose a folder you can write to")
+        return given
+    if not parent.is_dir():
+        raise IclvsftError(f"{flag} {shown} cannot be created: {parent} is a file; choose another path")
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=parent, prefix=".iclvsft-probe-"))
+    except OSError as exc:
+        raise IclvsftError(
+            f"{flag} {shown} cannot be created in {parent} ({exc.strerror}); choose a folder you can write to"
+        ) from None
+    return given
+
+
 def ensure_output_dir(path: str | os.PathLike[str], flag: str = "--out") -> Path:
     """Create ``path`` as a writable folder, or one clear error naming ``flag``."""
-    out = Path(path)
-    if out.exists() and not out.is_dir():
-        raise IclvsftError(f"{flag} {out} exists and is not a directory")
+    out = check_creatable(path, flag)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

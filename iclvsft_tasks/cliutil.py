@@ -82,10 +82,38 @@ def default_threads() -> int:
     return max(1, cores - 1)
 
 
-def resolve_device(device: str | None) -> str:
-    """The device asked for, else cuda when available, else cpu."""
-    if device:
+def check_device(device: str | None, flag: str = "--device") -> str | None:
+    """``device`` (None: choose later) if torch knows it and this machine has it, else one IclvsftError.
+
+    ``tpu9`` or ``cuda:7`` on a machine with one GPU would otherwise run on the CPU, or fail deep
+    inside a library, while the results record the device asked for.
+    """
+    if device is None or device == "cpu":
         return device
+    if not isinstance(device, str) or not device.strip():
+        raise IclvsftError(f"{flag} must be a device name such as cpu or cuda, got {device!r}")
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise IclvsftError(f"unknown {flag} {device!r}; use cpu, cuda, cuda:N or mps") from None
+    backend = getattr(torch, parsed.type, None) if parsed.type != "mps" else torch.backends.mps
+    is_available = getattr(backend, "is_available", None)
+    if is_available is None:  # e.g. meta: a device torch names but nothing runs on
+        raise IclvsftError(f"unknown {flag} {device!r}; use cpu, cuda, cuda:N or mps")
+    if not is_available():
+        raise IclvsftError(f"{flag} {device}: this machine has no {parsed.type} device; use {flag} cpu")
+    count = getattr(backend, "device_count", None)
+    if parsed.index is not None and count is not None and parsed.index >= count():
+        raise IclvsftError(f"{flag} {device}: this machine has {count()} {parsed.type} device(s), numbered from 0")
+    return device
+
+
+def resolve_device(device: str | None) -> str:
+    """The device asked for (checked by ``check_device``), else cuda when available, else cpu."""
+    if device:
+        return check_device(device)
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"

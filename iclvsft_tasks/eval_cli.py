@@ -12,6 +12,8 @@ Three commands of our own manage that registered copy: ``register``, ``unregiste
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import hashlib
 import importlib
 import importlib.util
@@ -20,12 +22,13 @@ import json
 import re
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import NoReturn
 
-from iclvsft_tasks.atomic import atomic_write_dir
-from iclvsft_tasks.cliutil import flag_value, run_cli, version_line
-from iclvsft_tasks.errors import IclvsftError, one_line
+from iclvsft_tasks.atomic import atomic_write_dir, check_creatable
+from iclvsft_tasks.cliutil import check_device, flag_value, run_cli, version_line
+from iclvsft_tasks.errors import IclvsftError, model_load_message, model_path_problem, one_line
 
 PROG = "iclvsft-eval"
 _SUBCOMMANDS = ("run", "ls", "validate")
@@ -217,6 +220,38 @@ def lm_eval_argv(argv: Sequence[str]) -> list[str]:
     return ["run", "--include_path", _glue().tasks_dir(), *argv]
 
 
+#: lm-eval flags whose value may be JSON (lm-eval fails in a traceback on a JSON-looking value it cannot parse).
+_JSON_FLAGS = ("--model_args", "--gen_kwargs", "--metadata", "--samples", "-E")
+
+
+def check_argv(argv: Sequence[str]) -> None:
+    """The mistakes lm-eval reports late, with a traceback, or not at all, as one IclvsftError
+    before lm-eval starts: JSON values that do not parse, an unknown ``--device``, an
+    ``--output_path`` that cannot be created (lm-eval logs that and exits 0 without saving),
+    a ``pretrained=`` model directory that does not exist."""
+    for flag in _JSON_FLAGS:
+        value = flag_value(argv, flag)
+        if value is not None and value.lstrip().startswith("{"):
+            try:
+                json.loads(value)
+            except ValueError as exc:
+                raise IclvsftError(
+                    f"{flag} is not valid JSON ({one_line(exc)}); write it with double quotes inside single "
+                    """quotes, e.g. '{"iclvsft_seed": 1}'"""
+                ) from None
+    check_device(flag_value(argv, "--device"))
+    output = flag_value(argv, "--output_path", "-o")
+    if output is not None:
+        check_creatable(output, "--output_path", directory=Path(output).suffix != ".json")
+    model_args = flag_value(argv, "--model_args", "-a")
+    if model_args is not None and not model_args.lstrip().startswith("{"):
+        args = dict(part.split("=", 1) for part in model_args.split(",") if "=" in part)
+        for key in ("pretrained", "peft"):
+            problem = model_path_problem(args[key]) if key in args else None
+            if problem and not (key == "peft" and problem.startswith(f"{args[key]} is a LoRA adapter")):
+                raise IclvsftError(f"--model_args {key}: {problem}")
+
+
 def _one_line_model_errors() -> None:
     """Turn a failure to build the ``--model`` (a bad ``--model_args`` value, an argument the model
     rejects, a missing checkpoint) into one ``error:`` line instead of lm-eval's traceback."""
@@ -229,9 +264,29 @@ def _one_line_model_errors() -> None:
             try:
                 return _original(cls, args, additional_config)
             except Exception as exc:
+                split = str(args).split(",")
+                pretrained = args.get("pretrained") if isinstance(args, dict) else flag_value(split, "pretrained")
+                explained = model_load_message(pretrained, exc) if pretrained else ""
+                if explained and not explained.startswith("cannot load model"):  # a missing or uncached model
+                    raise IclvsftError(f"--model_args pretrained: {explained}") from None
                 raise IclvsftError(f"cannot create model {cls.__name__} from --model_args: {one_line(exc)}") from None
 
         setattr(LM, name, classmethod(create))
+
+
+@contextlib.contextmanager
+def _one_line_usage_errors() -> Iterator[None]:
+    """lm-eval's argparse mistakes as one line (as our own parsers do), without its usage text above."""
+    original = argparse.ArgumentParser.error
+
+    def error(self: argparse.ArgumentParser, message: str) -> NoReturn:
+        self.exit(2, f"{PROG}: error: {message} (see {PROG} --help)\n")
+
+    argparse.ArgumentParser.error = error  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        argparse.ArgumentParser.error = original  # type: ignore[method-assign]
 
 
 #: Printed above lm-eval's own help: what iclvsft-eval adds to it.
@@ -264,6 +319,7 @@ def _main(argv: Sequence[str]) -> int:
             raise IclvsftError(f"`{PROG} {argv[0]}` takes no arguments")
         print({"register": register, "unregister": unregister, "status": status}[argv[0]]())
         return 0
+    check_argv(argv)
     for warning in num_fewshot_warnings(argv):
         print(warning, file=sys.stderr)
     new_argv = lm_eval_argv(argv)
@@ -273,7 +329,8 @@ def _main(argv: Sequence[str]) -> int:
 
     sys.argv = ["lm-eval", *new_argv]
     try:
-        cli_evaluate()
+        with _one_line_usage_errors():
+            cli_evaluate()
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except ValueError as exc:

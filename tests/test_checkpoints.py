@@ -98,17 +98,17 @@ def _one_line_error(call) -> str:
 
 def test_load_failures_are_one_line(tiny_llama, lora_adapter, tmp_path, monkeypatch):
     missing = tmp_path / "missing"
-    assert _one_line_error(lambda: load_causal_lm(missing)).startswith(f"cannot load model {missing}: ")
+    assert _one_line_error(lambda: load_causal_lm(missing)).startswith(f"model directory {missing} does not exist; ")
 
     corrupt = tmp_path / "corrupt"
     shutil.copytree(lora_adapter, corrupt)
     (corrupt / "adapter_model.safetensors").write_bytes(b"not a safetensors file")
     message = _one_line_error(lambda: load_causal_lm(tiny_llama, adapter=corrupt))
-    assert message.startswith(f"cannot apply adapter {corrupt} to {tiny_llama}: ")
+    assert message.startswith(f"cannot read the adapter weights {corrupt / 'adapter_model.safetensors'}: ")
 
     (corrupt / "adapter_config.json").write_text("{not json")
     message = _one_line_error(lambda: load_causal_lm(tiny_llama, adapter=corrupt))
-    assert message.startswith(f"cannot apply adapter {corrupt} to {tiny_llama}: ")
+    assert message.startswith(f"{corrupt / 'adapter_config.json'} is not valid JSON (")
 
     monkeypatch.setitem(sys.modules, "peft", None)  # as if the train extra were not installed
     message = _one_line_error(lambda: load_causal_lm(tiny_llama, adapter=lora_adapter))
@@ -128,3 +128,6 @@ def test_one_line_takes_the_first_line_and_names_the_type_when_asked():
     assert one_line(ValueError("\n  first\nsecond")) == "first"
     assert one_line(OSError("first\nsecond"), with_type=True) == "OSError: first"
     assert one_line(KeyError()) == "KeyError" and one_line(RuntimeError(""), with_type=True) == "RuntimeError"
+    # A heading that only announces what follows keeps the line that says it.
+    heading = RuntimeError("Error(s) in loading state_dict for PeftModel:\n\tsize mismatch for x: 2 vs 3\n\tmore")
+    assert one_line(heading) == "Error(s) in loading state_dict for PeftModel: size mismatch for x: 2 vs 3"

@@ -93,10 +93,10 @@ def test_fingerprint_prints_every_split(capsys):
     [
         (["--task", "parity"], "unknown task 'parity'"),
         (["--task", "parity_pattern,code_pattern"], "one task at a time"),
-        (["--task", "parity_pattern", "--size", "-5"], "non-negative integer"),
+        (["--task", "parity_pattern", "--size", "-5"], "positive integer"),
         (["--task", "parity_pattern", "--train-size", "-1"], "non-negative integer"),
         (["--task", "parity_pattern", "--size", "x"], "expected an integer"),
-        (["--task", "parity_pattern", "--seed", "1.5"], "invalid int value"),
+        (["--task", "parity_pattern", "--seed", "1.5"], "expected an integer"),
         (["--task", "parity_pattern", "--split", "dev"], "invalid choice"),
         (["--task", "parity_pattern", "--split", "train", "--size", "99999999"], "train size must be between"),
     ],
@@ -134,20 +134,21 @@ def test_an_impossible_size_for_the_generator_is_reported(tmp_path, monkeypatch,
 
 
 @pytest.mark.parametrize(
-    "make_target",
+    "make_target, says",
     [
-        lambda tmp: tmp / "a_file" / "out.jsonl",  # parent is a regular file
-        lambda tmp: tmp / "a_dir",  # target is a directory
+        (lambda tmp: tmp / "a_file" / "out.jsonl", "a_file is a file; choose another path"),
+        (lambda tmp: tmp / "a_dir", "a_dir is a directory; give a file name"),
     ],
 )
-def test_unwritable_output_is_one_line_and_leaves_nothing(tmp_path, capsys, make_target):
+def test_unwritable_output_is_one_line_and_leaves_nothing(tmp_path, capsys, make_target, says):
     (tmp_path / "a_file").write_text("keep me")
     (tmp_path / "a_dir").mkdir()
     before = sorted(p.name for p in tmp_path.iterdir())
     code, _, err = run(
         capsys, "data", "export", "--task", "parity_pattern", "--size", "3", "--out", str(make_target(tmp_path))
     )
-    assert code == 2 and err.startswith("iclvsft: error: cannot write") and len(err.strip().splitlines()) == 1
+    assert code == 2 and err.startswith("iclvsft: error: --out ") and len(err.strip().splitlines()) == 1
+    assert says in err
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     assert (tmp_path / "a_file").read_text() == "keep me"
 

@@ -349,7 +349,7 @@ def test_a_killed_run_resumes_to_the_same_samples_seen(tiny_llama, tmp_path):
                 "--output_dir",
                 o,
             ],
-            "model /no/such/model not found",
+            "model directory /no/such/model does not exist",
         ),
         (
             lambda m, o: [
@@ -407,7 +407,7 @@ def test_a_killed_run_resumes_to_the_same_samples_seen(tiny_llama, tmp_path):
                 "--output_dir",
                 o + "/file/sub",
             ],
-            "not writable",
+            "is a file; choose another path",
         ),
         (
             lambda m, o: [

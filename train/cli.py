@@ -17,6 +17,7 @@ from iclvsft_tasks.cliutil import (
     add_split_size_flags,
     add_version_flag,
     data_from_flags,
+    non_negative_int,
     parse_int_list,
     run_cli,
 )
@@ -46,7 +47,7 @@ def build_parser() -> OneLineParser:
         "--milestones", default="", help="save after exactly these many samples seen, e.g. 100,400,1600"
     )
     parser.add_argument("--train-shots", default="0", help="mix k-shot prompts into training, e.g. 0,1,2,4 (default 0)")
-    parser.add_argument("--data-seed", type=int, default=0, help="seed of the task splits (default 0)")
+    parser.add_argument("--data-seed", type=non_negative_int, default=0, help="seed of the task splits (default 0)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
     parser.add_argument("--dry-run", action="store_true", help="prepare the run and print the trl command only")
     add_split_size_flags(parser, DEFAULT_SIZES, "must match the evaluation's to guarantee no overlap")

@@ -19,6 +19,7 @@ import dataclasses
 import difflib
 import hashlib
 import importlib.util
+import io
 import json
 import math
 import os
@@ -36,10 +37,10 @@ from typing import Any
 
 import yaml
 
-from iclvsft_tasks.atomic import atomic_open, atomic_write_text
+from iclvsft_tasks.atomic import atomic_open, atomic_write_text, check_creatable
 from iclvsft_tasks.cliutil import default_threads, flag_value
 from iclvsft_tasks.data.spec import DataSpec
-from iclvsft_tasks.errors import IclvsftError, one_line
+from iclvsft_tasks.errors import IclvsftError, model_load_message, model_path_problem, one_line
 from iclvsft_train import fast_sft, runlock
 from iclvsft_train.data import DataOptions, build_records, split_fingerprints, write_records
 from iclvsft_train.run_state import (
@@ -85,17 +86,22 @@ def recipe_names() -> list[str]:
     return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
 
 
-def load_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
+def load_yaml_mapping(path: Path, what: str, holds: str = "trl sft options") -> dict[str, Any]:
+    """The mapping in the YAML file ``path`` ({} when empty), or one IclvsftError naming ``what``."""
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise IclvsftError(f"cannot read {what} {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise IclvsftError(
+            f"{what} {path} is not UTF-8 text (byte {exc.object[exc.start]:#x} at offset {exc.start}); save it as UTF-8"
+        ) from None
     except yaml.YAMLError as exc:
         raise IclvsftError(f"{what} {path} is not valid YAML: {one_line(exc)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise IclvsftError(f"{what} {path} must hold a YAML mapping of trl sft options")
+        raise IclvsftError(f"{what} {path} must hold a YAML mapping of {holds}")
     return data
 
 
@@ -184,8 +190,9 @@ def parse_trl(config_path: Path, passthrough: Sequence[str]) -> tuple[Any, Any, 
             hint = f"; did you mean {close[0]}?" if close else ""
             raise IclvsftError(f"unknown option {name}: not an iclvsft-train, trl sft or accelerate flag{hint}")
     env_before = dict(os.environ)
+    said = io.StringIO()  # argparse's usage (150 lines for trl sft) and message; only the message is kept
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), contextlib.redirect_stderr(said):
             warnings.simplefilter("ignore")
             script_args, sft_args, model_args, _, remaining = parser.parse_args_and_config(
                 ["--config", str(config_path), *passthrough], return_remaining_strings=True
@@ -193,7 +200,9 @@ def parse_trl(config_path: Path, passthrough: Sequence[str]) -> tuple[Any, Any, 
     except (ValueError, TypeError) as exc:
         raise IclvsftError(f"trl sft rejects the configuration: {one_line(exc)}") from None
     except SystemExit:
-        raise IclvsftError("trl sft rejects the flags (see the message above)") from None
+        errors = [line.split("error:", 1)[1].strip() for line in said.getvalue().splitlines() if "error:" in line]
+        reason = errors[-1] if errors else "see `trl sft --help`"
+        raise IclvsftError(f"trl sft rejects the flags: {reason} (see `trl sft --help`)") from None
     finally:
         os.environ.clear()
         os.environ.update(env_before)  # the YAML's env block is for the training process, not ours
@@ -208,20 +217,54 @@ def _is_number(token: str) -> bool:
     return True
 
 
+def accelerate_config_file(passthrough: Sequence[str], resolved: dict[str, Any]) -> Path | None:
+    """The accelerate config file a launch will read: ``--config_file``, else the file of an
+    ``--accelerate_config`` profile (a path, or one shipped with TRL such as ``zero3``), else None."""
+    config_file = flag_value(passthrough, "--config_file") or resolved.get("config_file")
+    profile = flag_value(passthrough, "--accelerate_config") or resolved.get("accelerate_config")
+    if profile and not config_file:
+        path = Path(profile)
+        if not path.is_file():
+            spec = importlib.util.find_spec("trl")
+            path = Path(next(iter(spec.submodule_search_locations))) / "accelerate_configs" / f"{profile}.yaml"
+            if not path.is_file():
+                shipped = sorted(p.stem for p in path.parent.glob("*.yaml"))
+                raise IclvsftError(
+                    f"--accelerate_config {profile}: no such file, nor a profile of TRL's ({', '.join(shipped)})"
+                )
+        return path
+    return Path(config_file) if config_file else None
+
+
+def check_launch_engines(passthrough: Sequence[str], resolved: dict[str, Any] | None = None) -> None:
+    """One IclvsftError with the install command when the launch asks for an engine that is not
+    installed (DeepSpeed, through a ``zero*`` profile, a config file or a flag), before any data is written;
+    accelerate would otherwise fail in a traceback once training starts."""
+    resolved = resolved or {}
+    config_file = accelerate_config_file(passthrough, resolved)
+    settings = load_yaml_mapping(config_file, "accelerate config") if config_file else {}
+    deepspeed = (
+        str(settings.get("distributed_type", "")).upper() == "DEEPSPEED"
+        or "deepspeed_config" in settings
+        or any(flag_value(passthrough, f) is not None for f in ("--deepspeed_config_file", "--zero_stage"))
+        or "--use_deepspeed" in passthrough
+        or flag_value(passthrough, "--deepspeed") is not None
+    )
+    if deepspeed and importlib.util.find_spec("deepspeed") is None:
+        where = f" ({config_file.name})" if config_file else ""
+        raise IclvsftError(
+            f"the launch asks for DeepSpeed{where}, which is not installed: pip install deepspeed "
+            "(needs a CUDA toolkit), or choose another --accelerate_config (e.g. fsdp2, multi_gpu)"
+        )
+
+
 def world_size(passthrough: Sequence[str], resolved: dict[str, Any]) -> int:
     """Processes accelerate will start: ``--num_processes``, else the accelerate config's, else 1."""
     value = flag_value(passthrough, "--num_processes") or resolved.get("num_processes")
     if value is None:
-        config_file = flag_value(passthrough, "--config_file") or resolved.get("config_file")
-        profile = flag_value(passthrough, "--accelerate_config") or resolved.get("accelerate_config")
-        if profile and not config_file:
-            path = Path(profile)
-            if not path.is_file():
-                spec = importlib.util.find_spec("trl")
-                path = Path(next(iter(spec.submodule_search_locations))) / "accelerate_configs" / f"{profile}.yaml"
-            config_file = str(path)
+        config_file = accelerate_config_file(passthrough, resolved)
         if config_file:
-            value = load_yaml_mapping(Path(config_file), "accelerate config").get("num_processes", 1)
+            value = load_yaml_mapping(config_file, "accelerate config").get("num_processes", 1)
     try:
         size = int(value) if value is not None else 1
     except (TypeError, ValueError):
@@ -307,10 +350,11 @@ class TrainOptions:
 
 def check_model(model: str) -> None:
     """Fail early and in one line when the model cannot be found (local path or cached hub id)."""
+    problem = model_path_problem(model)
+    if problem:
+        raise IclvsftError(problem)
     path = Path(model).expanduser()
-    looks_local = model.startswith((".", "/", "~")) or path.exists() or model.count("/") > 1
-    if looks_local and not path.is_dir():
-        raise IclvsftError(f"model {model} not found: no such directory")
+    looks_local = path.is_dir()
     from transformers import AutoConfig
 
     try:
@@ -318,12 +362,11 @@ def check_model(model: str) -> None:
             warnings.simplefilter("ignore")
             AutoConfig.from_pretrained(str(path) if looks_local else model)
     except Exception as exc:
-        raise IclvsftError(f"cannot load model {model}: {one_line(exc)}") from None
+        raise IclvsftError(model_load_message(model, exc)) from None
 
 
 def check_output_dir(output_dir: Path, resume: bool) -> None:
-    if output_dir.exists() and not output_dir.is_dir():
-        raise IclvsftError(f"--output_dir {output_dir} exists and is not a directory")
+    check_creatable(output_dir, "--output_dir")  # before anything below touches the path
     if resume:
         return
     in_folder = [p for p in output_dir.iterdir() if p.name != runlock.LOCK_FILE] if output_dir.is_dir() else []
@@ -333,9 +376,6 @@ def check_output_dir(output_dir: Path, resume: bool) -> None:
             f"--output_dir {output_dir} already holds {what}; add --resume to continue "
             "an interrupted run, or choose another directory"
         )
-    probe_parent = output_dir if output_dir.is_dir() else next(p for p in output_dir.parents if p.exists())
-    if not probe_parent.is_dir() or not os.access(probe_parent, os.W_OK | os.X_OK):
-        raise IclvsftError(f"--output_dir {output_dir} is not writable ({probe_parent} is not a writable directory)")
 
 
 def _versions() -> dict[str, str]:
@@ -372,6 +412,7 @@ def _prepare(options: TrainOptions) -> dict[str, Any]:
     data = DataOptions.create(options.task, options.samples, options.data, options.train_shots)
     output_dir = options.output_dir
     check_output_dir(output_dir, options.resume)
+    check_launch_engines(normalize_passthrough(options.passthrough))
     previous: dict[str, Any] | None = None
     if options.resume:
         earlier = TrainingRun.load(output_dir)

@@ -2,25 +2,32 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import warnings
 from pathlib import Path
 
-from iclvsft_tasks.atomic import atomic_write_dir
+from iclvsft_tasks.atomic import atomic_write_dir, check_creatable
 from iclvsft_tasks.errors import IclvsftError
-from iclvsft_train.checkpoints import checkpoint_kind, load_causal_lm
+from iclvsft_train.checkpoints import (
+    DTYPES_OR_AUTO,
+    check_adapter,
+    check_dtype,
+    checkpoint_kind,
+    load_causal_lm,
+    read_adapter_config,
+)
 
 
 def merge_adapter(adapter: str | Path, out: str | Path, base: str | None = None, dtype: str = "float32") -> Path:
     """Load ``base`` (default: the adapter's recorded base), apply the adapter, save the merged model."""
-    adapter, out = Path(adapter), Path(out)
+    check_dtype(dtype, DTYPES_OR_AUTO)
+    adapter, out = Path(adapter), check_creatable(out, "--out")
     if checkpoint_kind(adapter) != "adapter":
         raise IclvsftError(f"{adapter} holds no LoRA adapter (no adapter_config.json); a full fine-tune needs no merge")
-    config_path = adapter / "adapter_config.json"
-    base = base or json.loads(config_path.read_text()).get("base_model_name_or_path")
+    base = base or read_adapter_config(adapter).get("base_model_name_or_path")
     if not base:
-        raise IclvsftError(f"{config_path} names no base model; pass --base")
+        raise IclvsftError(f"{adapter / 'adapter_config.json'} names no base model; pass --base")
+    check_adapter(adapter, base)  # before any weights are loaded
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         merged, tokenizer = load_causal_lm(base, adapter=adapter, dtype=dtype)

@@ -16,6 +16,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+from iclvsft_tasks.atomic import check_creatable
 from iclvsft_tasks.errors import IclvsftError
 
 LOCK_FILE = ".iclvsft-train.lock"
@@ -42,8 +43,7 @@ def hold(directory: Path) -> Iterator[RunLock]:
     key = _key(directory)
     lock = _held.get(key)
     if lock is None:
-        if key.exists() and not key.is_dir():
-            raise IclvsftError(f"--output_dir {directory} exists and is not a directory")
+        check_creatable(directory, "--output_dir")  # one line on a bad path, before anything is created
         # what this call adds, to take away again if the run writes nothing: the folder, or its lock file
         created = "lock" if key.exists() else "folder"
         created = None if (key / LOCK_FILE).exists() else created

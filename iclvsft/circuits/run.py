@@ -44,12 +44,19 @@ from iclvsft.circuits.shift import (
     importance_map,
     spearman,
 )
-from iclvsft_tasks.atomic import atomic_write_text, ensure_output_dir
-from iclvsft_tasks.cliutil import pin_cpu_threads, resolve_device
+from iclvsft_tasks.atomic import atomic_write_text, check_creatable, ensure_output_dir
+from iclvsft_tasks.cliutil import check_device, pin_cpu_threads, resolve_device
 from iclvsft_tasks.data.spec import DataSpec
 from iclvsft_tasks.errors import IclvsftError
 from iclvsft_tasks.tasks.registry import get_task
-from iclvsft_train.checkpoints import DTYPES, checkpoint_kind, load_causal_lm, load_config, load_tokenizer
+from iclvsft_train.checkpoints import (
+    DTYPES,
+    check_adapter,
+    checkpoint_kind,
+    load_causal_lm,
+    load_config,
+    load_tokenizer,
+)
 
 METHODS = ("attribution", "activation")
 #: Config fields an FT checkpoint must share with the base model.
@@ -111,6 +118,8 @@ class CircuitsConfig:
             raise IclvsftError(f"top_fraction must be in (0, 1], got {self.top_fraction}")
         if not 0 < self.level < 1:
             raise IclvsftError(f"level must be in (0, 1), got {self.level}")
+        check_creatable(self.out, "--out")
+        check_device(self.device)
 
 
 # --------------------------------------------------------------------------- models
@@ -256,8 +265,6 @@ def run_circuits(config: CircuitsConfig, reuse: bool = False) -> dict[str, Any]:
     from iclvsft.models import model_label, resolve_model
 
     started = time.perf_counter()
-    out = Path(config.out)
-    ensure_output_dir(out)
     ft = None
     if config.ft_checkpoint is not None:
         ft = {"path": str(Path(config.ft_checkpoint).resolve()), "kind": checkpoint_kind(config.ft_checkpoint)}
@@ -265,6 +272,9 @@ def run_circuits(config: CircuitsConfig, reuse: bool = False) -> dict[str, Any]:
     base_config = load_config(model_path)
     if ft is not None and ft["kind"] == "full":
         check_architecture(base_config, load_config(ft["path"]), config.ft_checkpoint)
+    elif ft is not None:
+        check_adapter(ft["path"], model_path)
+    out = Path(config.out)
     settings = settings_of(config, model_path, ft)
     if reuse:
         old = _previous(out, settings)
@@ -273,6 +283,7 @@ def run_circuits(config: CircuitsConfig, reuse: bool = False) -> dict[str, Any]:
     tokenizer = load_tokenizer(model_path)
     shot_counts = [0, config.shots] if config.shots else [0]
     pairs = make_pairs(config.task, tokenizer, shot_counts, config.items, config.data, config.draw)
+    ensure_output_dir(out)  # once the inputs are known to be good: no empty folder after a mistake
     device = resolve_device(config.device)
     threads = pin_cpu_threads(device)
     notes = []

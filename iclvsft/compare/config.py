@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from iclvsft_tasks.cliutil import parse_int_list
+from iclvsft_tasks.atomic import check_creatable
+from iclvsft_tasks.cliutil import check_device, parse_int_list
 from iclvsft_tasks.data.spec import SPLITS, DataSpec
 from iclvsft_tasks.demos import DEFAULT_DRAWS, DEMO_MODES
-from iclvsft_tasks.errors import IclvsftError, one_line
+from iclvsft_tasks.errors import IclvsftError
 from iclvsft_tasks.lm_eval_glue import BACKEND_NAME
 from iclvsft_tasks.tasks.registry import parse_task_list
 from iclvsft_train.checkpoints import DTYPES_OR_AUTO
-from iclvsft_train.launch import check_recipe
+from iclvsft_train.launch import check_launch_engines, check_recipe, load_yaml_mapping
 
 #: Shipped experiments (``--config demo`` works as well as a path).
 EXPERIMENTS_DIR = Path(__file__).resolve().parent / "experiments"
@@ -124,6 +124,15 @@ class Experiment:
             raise IclvsftError(f"circuits must be true or false, got {self.circuits!r}")
         if isinstance(self.circuit_items, bool) or not isinstance(self.circuit_items, int) or self.circuit_items < 1:
             raise IclvsftError(f"circuit_items must be an integer >= 1, got {self.circuit_items!r}")
+        # Checked here, before run_compare creates out or writes fine-tuning data.
+        check_creatable(self.out, "out")
+        check_device(self.device)
+        if self.eval_backend == "vllm" and importlib.util.find_spec("vllm") is None:
+            raise IclvsftError(
+                "eval_backend vllm needs vLLM, which is not installed: pip install vllm (on a GPU machine), "
+                f"or use --eval-backend {BACKEND_NAME}"
+            )
+        check_launch_engines(self.train_args)
         # Demonstrations come from train; fine-tuning samples too (per task, or split over the mixture).
         if max(self.shots) > self.data.train_size:
             raise IclvsftError(
@@ -197,13 +206,7 @@ def load_experiment(config: str | None, overrides: dict[str, Any]) -> Experiment
     """Defaults <- the YAML file <- explicit flags (those not None)."""
     values: dict[str, Any] = {}
     if config:
-        path = experiment_path(config)
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise IclvsftError(f"{path} is not valid YAML: {one_line(exc)}") from None
-        if not isinstance(loaded, dict):
-            raise IclvsftError(f"{path} must hold a mapping of experiment settings")
+        loaded = load_yaml_mapping(experiment_path(config), "experiment config", "experiment settings")
         values.update({k.replace("-", "_"): v for k, v in loaded.items()})
     values.update({k: v for k, v in overrides.items() if v is not None})
     known = {f.name for f in dataclasses.fields(Experiment) if f.init}

@@ -40,7 +40,7 @@ from iclvsft_tasks.folder_lock import folder_lock
 from iclvsft_tasks.lm_eval_configs import SHOTS, variant_name
 from iclvsft_tasks.lm_eval_glue import BACKEND_NAME
 from iclvsft_tasks.scoring import INVALID, extract_answer
-from iclvsft_train.checkpoints import load_causal_lm
+from iclvsft_train.checkpoints import load_causal_lm, load_config
 
 if TYPE_CHECKING:  # the training add-on is an optional extra, imported where a fine-tune needs it
     from iclvsft_train.run_state import TrainingRun
@@ -571,16 +571,18 @@ class ModelRun:
     cells: list[Cell]
 
 
-def plan_model(exp: Experiment, out: Path, model: str, split_fps: dict[str, dict[str, str]]) -> ModelRun:
-    """Resolve ``model`` and list its cells: the same tasks, splits, k, draws and milestones for every model.
+def plan_model(
+    exp: Experiment, out: Path, model: str, model_path: str, split_fps: dict[str, dict[str, str]]
+) -> ModelRun:
+    """List the cells of ``model`` (resolved to ``model_path``): the same tasks, splits, k, draws and
+    milestones for every model.
 
     A cell's key holds the model (label and path) but not the other models of the run, so a run of
     one model keeps its keys when others are added, and a model's cells are shared by every run
     that includes it.
     """
-    from iclvsft.models import model_label, resolve_model
+    from iclvsft.models import model_label
 
-    model_path = resolve_model(model)  # one float32 cache; lm-eval and TRL cast to exp.dtype on load
     label = model_label(model)
     model_id = {"label": label, "path": model_path}
     context = {
@@ -629,14 +631,25 @@ def run_compare(
     items and demonstration draws; one report covers them all. ``make_bar`` builds the progress bar
     over each model's cells (tqdm's signature; default tqdm).
     """
+    from iclvsft.models import resolve_model
+
     started = time.perf_counter()
+    model_paths = {}
+    for model in exp.models:  # every model resolves (and converts) first
+        model_paths[model] = resolve_model(model)  # one float32 cache; lm-eval and TRL cast to exp.dtype on load
+        load_config(model_paths[model])  # a missing or unreadable model fails here, before out exists
     out = ensure_output_dir(exp.out)
     with folder_lock(out, "iclvsft compare run"):  # one run per folder: two would evaluate every cell twice
-        return _compare_locked(exp, out, started, command, make_bar)
+        return _compare_locked(exp, out, model_paths, started, command, make_bar)
 
 
 def _compare_locked(
-    exp: Experiment, out: Path, started: float, command: Sequence[str], make_bar: Callable[..., Any] | None
+    exp: Experiment,
+    out: Path,
+    model_paths: dict[str, str],
+    started: float,
+    command: Sequence[str],
+    make_bar: Callable[..., Any] | None,
 ) -> dict[str, Any]:
     """``run_compare`` while holding ``out``'s lock."""
     from tqdm.auto import tqdm
@@ -649,7 +662,7 @@ def _compare_locked(
     from iclvsft.compare.summary import summary_table
 
     split_fps = {t: fingerprints(exp.data.split_spec(t)) for t in exp.tasks}
-    plans = [plan_model(exp, out, model, split_fps) for model in exp.models]  # every model resolves first
+    plans = [plan_model(exp, out, model, path, split_fps) for model, path in model_paths.items()]
     jobs = exp.jobs or default_jobs(_device(exp))
     records: dict[str, dict[str, Any]] = {}
     threads = None

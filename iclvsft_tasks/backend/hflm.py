@@ -211,6 +211,15 @@ class IclvsftHFLM(HFLM):
         self._cache_kw: str | None = None
         self._keep_kw: str | None = None
         self.token_stats = TokenStats()
+        if self.backend == "causal" and self.batch_size != 1 and self.options.cache_bytes > 0:
+            # Said once, here: _usable() then quietly takes hf's path for every request.
+            log.warning(
+                "%s: batch_size=%s turns the shared-prefix path off, so this run is plain hf and as slow; "
+                "use --batch_size 1 for the fast path (it batches the prompts of one prefix by itself, "
+                "up to prefix_batch_size)",
+                BACKEND_NAME,
+                self.batch_size,
+            )
 
     # ----- bookkeeping -----
 

@@ -61,6 +61,8 @@ class DataSpec:
     def __post_init__(self) -> None:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise IclvsftError(f"seed must be an integer, got {self.seed!r}")
+        if self.seed < 0:  # hashed, so it would work, but a negative seed is nearly always a slip
+            raise IclvsftError(f"seed must be 0 or more, got {self.seed}")
         for split in SPLITS:
             size = self.size(split)
             if isinstance(size, bool) or not isinstance(size, int):
