@@ -165,6 +165,22 @@ def model_label(name: str) -> str:
     return os.path.normpath(name)
 
 
+def model_identity(name: str, path: str) -> dict[str, Any]:
+    """What names the weights of ``name`` (resolved to ``path``) in cell keys and fine-tune hashes.
+
+    A built-in model (or its converted directory) is named by its alias and its GGUF's sha256, not by
+    where the cache lies, so stored results stay valid on another machine or under another
+    ``$ICLVSFT_CACHE``; any other model by its label and resolved path (or hub id).
+    """
+    model = _builtin(name)
+    marker = _read_marker(Path(path)) if Path(path).is_dir() else None
+    if model is None and marker is not None:
+        model = BUILTIN_MODELS.get(marker.get("alias", ""))
+    if model is not None:
+        return {"label": model.alias, "gguf_sha256": model.gguf_sha256, "conversion": CONVERSION_FORMAT}
+    return {"label": model_label(name), "path": path}
+
+
 def _unknown_message(name: str) -> str:
     return (
         f"unknown model {name!r}: not a built-in alias ({', '.join(_all_names())}), "

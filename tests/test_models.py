@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import zipfile
 from pathlib import Path
@@ -252,6 +253,19 @@ def test_resolve_alias_converts_once_then_reuses(fake_model, cache, conversions,
     assert models.model_label(first) == "tiny"  # the cache directory names its alias
     row = next(r for r in models.list_models() if r["alias"] == "tiny")
     assert row["cached"] == first and row["aliases"] == ["tiny-default"] and row["license"] == "Apache-2.0"
+
+
+def test_a_builtin_model_is_named_by_its_weights_not_its_cache_path(fake_model, cache, conversions, tmp_path):
+    path = models.resolve_model("tiny-default", verbose=False)
+    identity = models.model_identity("tiny-default", path)
+    assert identity == {"label": "tiny", "gguf_sha256": fake_model.gguf_sha256, "conversion": models.CONVERSION_FORMAT}
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(path, moved)
+    assert models.model_identity(str(moved), str(moved)) == identity  # a copied cache directory: same weights
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    assert models.model_identity(str(plain), str(plain)) == {"label": str(plain), "path": str(plain)}
+    assert models.model_identity("org/name", "org/name") == {"label": "org/name", "path": "org/name"}
 
 
 def test_load_model_resolves_an_alias(fake_model, cache, conversions):

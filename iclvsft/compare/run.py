@@ -577,14 +577,15 @@ def plan_model(
     """List the cells of ``model`` (resolved to ``model_path``): the same tasks, splits, k, draws and
     milestones for every model.
 
-    A cell's key holds the model (label and path) but not the other models of the run, so a run of
-    one model keeps its keys when others are added, and a model's cells are shared by every run
-    that includes it.
+    A cell's key holds the model (a built-in by its weights' hash, else label and path) but not the
+    other models of the run, so a run of one model keeps its keys when others are added, a model's
+    cells are shared by every run that includes it, and a copied folder keeps its cells on a machine
+    whose model cache lies elsewhere.
     """
-    from iclvsft.models import model_label
+    from iclvsft.models import model_identity
 
-    label = model_label(model)
-    model_id = {"label": label, "path": model_path}
+    model_id = model_identity(model, model_path)  # built-ins by their weights' hash, not the cache's place
+    label = model_id["label"]
     context = {
         "model": model_id,
         "seed": exp.data.seed,
