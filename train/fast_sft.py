@@ -21,8 +21,9 @@ is ``trl sft`` (same parser, same ``accelerate launch``, same ``trl.scripts.sft.
   ``ICLVSFT_TRAIN_DONE``, and the launcher stops a run that then fails to exit (``launch.supervise``).
   Under a process group every worker then ends with ``os._exit``: letting Python free the trainer runs
   torch's ``~ProcessGroupGloo``, which joins gloo's worker threads while holding the GIL, and one of
-  them may need the GIL to free a tensor, a deadlock that hung about one CPU DDP run in five
-  (``trl sft`` too). The worker keeps the trainer referenced so that no destructor runs before that.
+  them may need the GIL to free a tensor: a deadlock that hung 1 of 5 CPU DDP runs on a tiny model
+  (issue 12 saw ``trl sft`` do the same). The worker keeps the trainer referenced so that no destructor
+  runs before that.
 
 The launcher mirrors ``trl/cli/commands/training.py`` (TRL's parser, ``resolve_accelerate_config_argument``,
 accelerate's ``launch_command``) with ``--module iclvsft_train.fast_sft`` in place of TRL's script path,

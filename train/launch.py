@@ -627,7 +627,12 @@ def _run(options: TrainOptions, lock: runlock.RunLock) -> int:
     )
     lock.share()  # the training workers take shared locks of their own
     trained = output_dir / TRAINED_FILE
-    if not (options.resume and trained.is_file()):  # a resumed run that had trained only needs finishing
+    if options.resume and trained.is_file():
+        print(
+            "iclvsft-train: the interrupted trainer had finished training and saving; finishing the folder",
+            file=sys.stderr,
+        )
+    else:
         trained.unlink(missing_ok=True)
         code = supervise(cmd, trained)
         if code != 0:
@@ -645,7 +650,6 @@ def _run(options: TrainOptions, lock: runlock.RunLock) -> int:
     last_state = read_trainer_state(checkpoints[-1]) if checkpoints else {}
     finalize_milestones(folder, manifest)
     manifest["status"] = RunStatus.COMPLETE.value
-    manifest.pop("exit_code", None)
     manifest["final_model"] = "."  # the run folder itself, wherever it is copied
     manifest["global_step"] = last_state.get("global_step")
     manifest["samples_seen"] = (last_state.get("global_step") or 0) * manifest["effective_batch"]
@@ -661,7 +665,7 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 #: Seconds a trainer may take to exit after it wrote its done file (training ended, final model saved);
 #: then its process group is killed and the run counts as complete. A healthy exit takes a few seconds.
-SHUTDOWN_GRACE_S = 30.0
+SHUTDOWN_GRACE_S = 15.0
 
 
 def supervise(cmd: Sequence[str], done: Path | None = None) -> int:
