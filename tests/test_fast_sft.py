@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from iclvsft_train import fast_sft, launch, runlock
-from iclvsft_train.run_state import TrainingRun
+from iclvsft_train.run_state import TRAINED_FILE, TrainingRun
 
 BIN = Path(sys.executable).parent
 SIZE_FLAGS = ["--train-size", "200", "--test-size", "12", "--test-broken-size", "12", "--validation-size", "10"]
@@ -258,3 +258,103 @@ def _lock_holders(path: Path) -> list[str]:
                 info = ["gone"]
             out.append(line + " " + " | ".join(info))
     return out
+
+
+# --- the end of training ------------------------------------------------------------------------------------
+
+
+def _hung_trainer(done: Path, marker: str) -> list[str]:
+    """A stand-in for the fast_sft launcher whose trainer writes its done file and then never exits."""
+    code = (
+        "import os, pathlib, subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(3600)'])\n"
+        "pathlib.Path(os.environ[sys.argv[1]]).write_text('{}')\n"
+        "time.sleep(3600)\n"
+    )
+    return [sys.executable, "-c", code, fast_sft.DONE_ENV, marker]
+
+
+def test_supervise_stops_a_trainer_hung_after_its_done_file_and_reports_success(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(launch, "SHUTDOWN_GRACE_S", 1.0)
+    done = tmp_path / "done"
+    marker = f"iclvsft-supervise-test-{os.getpid()}"
+    monkeypatch.setenv("ICLVSFT_TEST_MARKER", marker)  # inherited by every process of the group
+    started = time.monotonic()
+    assert launch.supervise(_hung_trainer(done, marker), done) == 0
+    assert time.monotonic() - started < 60  # not the trainer's hour
+    assert done.is_file()
+    assert capsys.readouterr().err.strip().endswith("hung at shutdown; stopped it after 1 s")
+    assert _run_processes(marker) == []  # the stand-in and its child: the whole group
+    # without a done file, the same hang would be waited for: a trainer that exits non-zero fails
+    assert launch.supervise([sys.executable, "-c", "raise SystemExit(3)"], tmp_path / "never") == 3
+
+
+def test_a_trainer_that_hangs_after_its_last_save_loses_nothing(tiny_llama, tmp_path):
+    """A trainer hung in its shutdown (as gloo's teardown did in CPU DDP) is stopped after the grace
+    period; the run completes with every milestone, and nothing of it keeps running."""
+    out = tmp_path / "run"
+    marker = f"iclvsft-hang-test-{os.getpid()}"
+    env = _env(**{fast_sft.HANG_ENV: "1", "ICLVSFT_TEST_MARKER": marker})
+    proc = subprocess.run(
+        [str(BIN / "iclvsft-train"), *_args(tiny_llama, out, "--milestones", "8,16")],
+        capture_output=True,
+        text=True,
+        timeout=launch.SHUTDOWN_GRACE_S + 400,  # the bound: without the done file this hangs forever
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    hung = [line for line in proc.stderr.splitlines() if "hung at shutdown" in line]
+    assert len(hung) == 1
+    run = TrainingRun.load(out)
+    assert run.status.value == "complete" and run.manifest["global_step"] == 4
+    for milestone in run.milestones:
+        assert (milestone.path / "adapter_model.safetensors").is_file()
+    assert not (out / TRAINED_FILE).exists() and not run.checkpoint_folders()
+    assert _run_processes(marker) == []
+
+
+def test_a_run_killed_while_its_trainer_hung_after_training_resumes_without_training(tiny_llama, tmp_path):
+    """kill -9 of iclvsft-train after the trainer's done file: --resume only finishes the folder."""
+    out = tmp_path / "run"
+    args = _args(tiny_llama, out, "--milestones", "8,16")
+    marker = f"iclvsft-hang-kill-test-{os.getpid()}"
+    process = subprocess.Popen(
+        [str(BIN / "iclvsft-train"), *args],
+        env=_env(**{fast_sft.HANG_ENV: "1", "ICLVSFT_TEST_MARKER": marker}),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not (out / TRAINED_FILE).is_file():
+            assert process.poll() is None
+            time.sleep(0.1)
+        process.kill()
+        process.wait(timeout=60)
+        deadline = time.time() + 10
+        while time.time() < deadline and _run_processes(marker):
+            time.sleep(0.1)
+        assert _run_processes(marker) == []
+    finally:
+        for pid in _run_processes(marker):
+            os.kill(pid, signal.SIGKILL)
+        process.kill()
+    assert TrainingRun.load(out).status.value == "running"
+    proc = _train([*args, "--resume"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Training completed" not in proc.stderr and "finishing the folder" in proc.stderr  # no trainer ran
+    run = TrainingRun.load(out)
+    assert run.status.value == "complete" and run.manifest["samples_seen"] == 16
+    assert [m.samples for m in run.milestones if m.path and m.path.is_dir()] == [8, 16]
+
+
+def test_resuming_a_ddp_run_without_its_flags_says_what_to_pass(tiny_llama, tmp_path):
+    out = tmp_path / "run"
+    ddp = ["--multi_gpu", "--num_processes", "2", "--use_cpu", "true"]
+    assert _train(_args(tiny_llama, out, *ddp, "--dry-run")).returncode == 0
+    proc = _train(_args(tiny_llama, out, "--resume"))
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        "iclvsft-train: error: --resume needs the trl sft and accelerate flags of the interrupted run: "
+        "pass exactly `--multi_gpu --num_processes 2 --use_cpu true` besides the iclvsft-train options"
+    )

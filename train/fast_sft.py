@@ -16,6 +16,14 @@ is ``trl sft`` (same parser, same ``accelerate launch``, same ``trl.scripts.sft.
   a signal when their parent dies (``PR_SET_PDEATHSIG``; it is cleared across fork, so each sets its
   own), and the launcher, on SIGTERM/SIGINT/SIGHUP, kills its whole process group. The worker also
   holds a shared lock on the run folder (``runlock``) while it lives, so no other run deletes it.
+* A finished trainer cannot hang the run. Once ``trl.scripts.sft.main`` returns (training ended, the final
+  model saved, the process group destroyed) the main process writes the file iclvsft-train names in
+  ``ICLVSFT_TRAIN_DONE``, and the launcher stops a run that then fails to exit (``launch.supervise``).
+  Under a process group every worker then ends with ``os._exit``: letting Python free the trainer runs
+  torch's ``~ProcessGroupGloo``, which joins gloo's worker threads while holding the GIL, and one of
+  them may need the GIL to free a tensor: a deadlock that hung 1 of 5 CPU DDP runs on a tiny model
+  (issue 12 saw ``trl sft`` do the same). The worker keeps the trainer referenced so that no destructor
+  runs before that.
 
 The launcher mirrors ``trl/cli/commands/training.py`` (TRL's parser, ``resolve_accelerate_config_argument``,
 accelerate's ``launch_command``) with ``--module iclvsft_train.fast_sft`` in place of TRL's script path,
@@ -25,10 +33,14 @@ so DeepSpeed, FSDP and multi-process flags pass through unchanged.
 from __future__ import annotations
 
 import ctypes
+import functools
 import inspect
+import json
+import logging
 import os
 import signal
 import sys
+import time
 import warnings
 from collections.abc import Sequence
 
@@ -38,7 +50,15 @@ LAUNCH = "sft"
 #: Set by whoever starts the launcher: its pid, so a launcher whose parent died before it could ask
 #: for the parent-death signal notices and ends.
 PARENT_ENV = "ICLVSFT_TRAIN_PARENT"
+#: Set by iclvsft-train: the file the main training process writes once training ended and the final
+#: model is saved (see finish).
+DONE_ENV = "ICLVSFT_TRAIN_DONE"
+#: Test-only (tests/test_fast_sft.py): the main worker sleeps forever after writing the done file, as a
+#: trainer hung in its teardown does. Nothing else reads it.
+HANG_ENV = "ICLVSFT_TEST_HANG_AFTER_TRAINING"
 _PR_SET_PDEATHSIG = 1
+#: The trainers this process ran, kept referenced until it exits (see finish).
+_trainers: list[object] = []
 
 
 # --- the compact loss ----------------------------------------------------------------------------------
@@ -95,6 +115,47 @@ def _kill_group(signum: int, frame: object) -> None:
     os.killpg(os.getpgrp(), signal.SIGKILL)
 
 
+# --- the end of training -------------------------------------------------------------------------------
+
+
+def keep_trainers() -> None:
+    """Keep every trainer that trains referenced, so that ``trl.scripts.sft.main`` returning frees no
+    DDP reducer or process group (their destructors can deadlock; see the module docstring)."""
+    from transformers import Trainer
+
+    train = Trainer.train
+    if getattr(train, "_iclvsft_kept", False):
+        return
+
+    @functools.wraps(train)
+    def kept_train(self, *args, **kwargs):
+        _trainers.append(self)
+        return train(self, *args, **kwargs)
+
+    kept_train._iclvsft_kept = True
+    Trainer.train = kept_train
+
+
+def finish() -> None:
+    """After ``main`` returned: the main process records that training is done, and a worker of a
+    process group ends now, without the teardown that can deadlock."""
+    main_process = os.environ.get("RANK", "0") == "0"
+    done = os.environ.get(DONE_ENV)
+    if done and main_process:
+        from iclvsft_tasks.atomic import atomic_write_text
+
+        steps = [getattr(getattr(t, "state", None), "global_step", None) for t in _trainers]
+        atomic_write_text(done, json.dumps({"global_step": steps[-1] if steps else None}) + "\n")
+        if os.environ.get(HANG_ENV):  # test-only: a trainer that hangs after its last save
+            while True:
+                time.sleep(3600)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        os._exit(0)
+
+
 # --- the two roles -------------------------------------------------------------------------------------
 
 
@@ -125,6 +186,7 @@ def worker() -> None:
     """One training process: ``trl/scripts/sft.py``'s ``__main__``, after the patch."""
     die_with_parent(signal.SIGKILL)
     install_compact_loss()
+    keep_trainers()
     from trl.scripts.sft import main, make_parser
 
     script_args, training_args, model_args, dataset_args = make_parser().parse_args_and_config(
@@ -134,6 +196,7 @@ def worker() -> None:
 
     with share(training_args.output_dir):
         main(script_args, training_args, model_args, dataset_args)
+    finish()
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -49,6 +50,7 @@ from iclvsft_train.run_state import (
     MANIFEST,
     MILESTONES_DIR,
     RESOLVED,
+    TRAINED_FILE,
     RunStatus,
     TrainingRun,
     milestone_interval,
@@ -499,6 +501,13 @@ def _prepare(options: TrainOptions) -> dict[str, Any]:
         "versions": _versions(),
     }
     if previous is not None:
+        earlier_flags = previous.get("passthrough_flags") or []
+        if earlier_flags != passthrough:  # first: other flags (e.g. no --num_processes) change the schedule too
+            what = f"pass exactly `{shlex.join(earlier_flags)}`" if earlier_flags else "it passed none"
+            raise IclvsftError(
+                f"--resume needs the trl sft and accelerate flags of the interrupted run: {what} "
+                "besides the iclvsft-train options"
+            )
         for key in (
             "tasks",
             "samples",
@@ -507,7 +516,6 @@ def _prepare(options: TrainOptions) -> dict[str, Any]:
             "split_sizes",
             "split_fingerprints",
             "resolved_config",
-            "passthrough_flags",
             "milestones",
         ):
             if _resume_view(key, previous.get(key)) != _resume_view(key, manifest[key]):
@@ -618,18 +626,26 @@ def _run(options: TrainOptions, lock: runlock.RunLock) -> int:
         file=sys.stderr,
     )
     lock.share()  # the training workers take shared locks of their own
-    code = supervise(cmd)
-    if code != 0:
-        manifest["status"] = RunStatus.FAILED.value
-        manifest["exit_code"] = code
-        _write_manifest(output_dir, manifest)
+    trained = output_dir / TRAINED_FILE
+    if options.resume and trained.is_file():
         print(
-            f"iclvsft-train: trl sft exited with status {code}; `--resume` continues from the last checkpoint",
+            "iclvsft-train: the interrupted trainer had finished training and saving; finishing the folder",
             file=sys.stderr,
         )
-        if code == 128 + signal.SIGINT:
-            raise KeyboardInterrupt  # Ctrl-C: the caller (the CLI, iclvsft compare) stops as it does for one
-        return code
+    else:
+        trained.unlink(missing_ok=True)
+        code = supervise(cmd, trained)
+        if code != 0:
+            manifest["status"] = RunStatus.FAILED.value
+            manifest["exit_code"] = code
+            _write_manifest(output_dir, manifest)
+            print(
+                f"iclvsft-train: trl sft exited with status {code}; `--resume` continues from the last checkpoint",
+                file=sys.stderr,
+            )
+            if code == 128 + signal.SIGINT:
+                raise KeyboardInterrupt  # Ctrl-C: the caller (the CLI, iclvsft compare) stops as it does for one
+            return code
     checkpoints = folder.complete_checkpoints()
     last_state = read_trainer_state(checkpoints[-1]) if checkpoints else {}
     finalize_milestones(folder, manifest)
@@ -638,6 +654,7 @@ def _run(options: TrainOptions, lock: runlock.RunLock) -> int:
     manifest["global_step"] = last_state.get("global_step")
     manifest["samples_seen"] = (last_state.get("global_step") or 0) * manifest["effective_batch"]
     _write_manifest(output_dir, manifest)
+    trained.unlink(missing_ok=True)
     print(f"iclvsft-train: done: {output_dir} ({len(manifest['milestones'])} milestones)", file=sys.stderr)
     return 0
 
@@ -646,14 +663,24 @@ def _run(options: TrainOptions, lock: runlock.RunLock) -> int:
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-def supervise(cmd: Sequence[str]) -> int:
+#: Seconds a trainer may take to exit after it wrote its done file (training ended, final model saved);
+#: then its process group is killed and the run counts as complete. A healthy exit takes a few seconds.
+SHUTDOWN_GRACE_S = 15.0
+
+
+def supervise(cmd: Sequence[str], done: Path | None = None) -> int:
     """Run ``cmd`` (the fast_sft launcher) in a process group of its own and wait for it.
 
     The launcher dies with this process (parent-death signal) and takes its group with it; a stop
     signal sent here ends that group; and whatever of the group is left when the launcher exits
-    is killed, so no trainer outlives the run.
+    is killed, so no trainer outlives the run. Once the trainer has written ``done`` (fast_sft's
+    ``ICLVSFT_TRAIN_DONE``), a hang or an error in its shutdown loses nothing: after
+    ``SHUTDOWN_GRACE_S`` the group is killed, and either way the result is 0.
     """
-    process = subprocess.Popen(list(cmd), process_group=0, env={**os.environ, fast_sft.PARENT_ENV: str(os.getpid())})
+    env = {**os.environ, fast_sft.PARENT_ENV: str(os.getpid())}
+    if done is not None:
+        env[fast_sft.DONE_ENV] = str(done.resolve())
+    process = subprocess.Popen(list(cmd), process_group=0, env=env)
     stopped: list[int] = []
 
     def stop(signum: int, frame: Any) -> None:
@@ -663,8 +690,23 @@ def supervise(cmd: Sequence[str]) -> int:
 
     main_thread = threading.current_thread() is threading.main_thread()
     previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS} if main_thread else {}
+    hung = False
     try:
-        code = process.wait()
+        deadline = None
+        while True:
+            try:
+                code = process.wait(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            if deadline is None and done is not None and done.is_file():
+                deadline = time.monotonic() + SHUTDOWN_GRACE_S
+            if deadline is not None and time.monotonic() > deadline and not stopped:
+                hung = True
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                code = process.wait()
+                break
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)  # stragglers (a worker hung after the launcher ended)
@@ -675,4 +717,18 @@ def supervise(cmd: Sequence[str]) -> int:
     if stopped:
         print(f"iclvsft-train: stopped by {signal.Signals(stopped[0]).name}", file=sys.stderr)
         return 128 + stopped[0]
+    if hung:
+        print(
+            f"iclvsft-train: trl sft finished training and saving but hung at shutdown; "
+            f"stopped it after {SHUTDOWN_GRACE_S:g} s",
+            file=sys.stderr,
+        )
+        return 0
+    if code != 0 and done is not None and done.is_file():
+        print(
+            f"iclvsft-train: trl sft exited with status {code} at shutdown, after training and saving ended; "
+            "the run is kept",
+            file=sys.stderr,
+        )
+        return 0
     return code

@@ -25,6 +25,9 @@ MILESTONES_DIR = "milestones"
 #: TRL's checkpoint folders (``checkpoint-<step>``) and the file its trainer writes last into each.
 CHECKPOINT_PREFIX = "checkpoint-"
 TRAINER_STATE = "trainer_state.json"
+#: Written by the main training process once training ended and the final model is saved (fast_sft),
+#: removed again when the run is complete: a run that holds it lost nothing to a hang or kill after that.
+TRAINED_FILE = ".iclvsft-train.done"
 
 
 class RunStatus(str, enum.Enum):
