@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from iclvsft_tasks.atomic import atomic_write_dir, check_creatable
-from iclvsft_tasks.cliutil import VERBOSE_HELP, check_device, flag_value, run_cli, set_verbose, verbose, version_line
+from iclvsft_tasks.cliutil import check_device, flag_value, run_cli, set_verbose, verbose, version_line
 from iclvsft_tasks.errors import IclvsftError, model_load_message, model_path_problem, one_line
 
 PROG = "iclvsft-eval"
@@ -159,7 +159,8 @@ def register() -> str:
         raise IclvsftError(f"cannot write {target}: {exc.strerror}") from None
     return (
         f"registered: a bare `lm_eval --tasks parity_pattern ...` now finds iclvsft's tasks "
-        f"(copy in {target}; an lm-eval reinstall or upgrade removes it: run `{PROG} register` again)"
+        f"(copy in {target}; pip leaves it there through an lm-eval reinstall, upgrade or uninstall: "
+        f"run `{PROG} unregister` before removing lm-eval)"
     )
 
 
@@ -323,9 +324,8 @@ iclvsft's additions:
   {PROG} unregister    remove that copy
   {PROG} status        whether a bare `lm_eval` sees iclvsft's tasks (not registered / current / stale)
   {PROG} --version     the versions of iclvsft, lm-eval, transformers and torch
-  --verbose            {VERBOSE_HELP}
-                       (lm-eval's INFO lines too; without it they are off). Only the long form:
-                       -v is lm-eval's own --verbosity
+  --verbose            the libraries' logs (lm-eval's INFO lines are off without it) and warnings, and
+                       a traceback above an error; only the long form: -v is lm-eval's own --verbosity
   --model iclvsft-hf   lm-eval's hf backend that computes a prompt prefix shared by many requests once
                        (same --model_args as hf, plus prefix_cache_mb, min_prefix_tokens, prefix_batch_size)
   tasks                `iclvsft tasks` lists them; e.g. --tasks parity_pattern_4shot,parity_pattern_broken_4shot
