@@ -267,8 +267,6 @@ def _one_line_model_errors() -> None:
         def create(cls, args, additional_config=None, _original=original):
             try:
                 return _original(cls, args, additional_config)
-            except IclvsftError:
-                raise
             except Exception as exc:
                 split = str(args).split(",")
                 pretrained = args.get("pretrained") if isinstance(args, dict) else flag_value(split, "pretrained")
