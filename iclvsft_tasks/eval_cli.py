@@ -352,6 +352,7 @@ def _main(argv: Sequence[str]) -> int:
         print(warning, file=sys.stderr)
     new_argv = lm_eval_argv(argv)
     _glue().register_backend()  # --model iclvsft-hf
+    _glue().quiet_lm_eval_noise()
     _one_line_model_errors()
     from lm_eval.__main__ import cli_evaluate
 

@@ -178,6 +178,9 @@ def evaluate_cell(lm: Any, task_manager: Any, exp: Experiment, cell: Cell) -> tu
     """
     from lm_eval import simple_evaluate
 
+    from iclvsft_tasks.lm_eval_glue import quiet_lm_eval_noise
+
+    quiet_lm_eval_noise()  # no git "fatal:" line and no --metadata hint per cell
     name, num_fewshot = lm_eval_task(cell.task, cell.split, cell.shots)
     start = time.perf_counter()
     result = simple_evaluate(
