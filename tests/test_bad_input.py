@@ -299,21 +299,25 @@ def test_verbose_shows_the_traceback_and_logs_above_the_same_error_line(
     assert not verbose(), "-v outlived its command"
 
 
-def test_eval_verbose_shows_lm_evals_log_lines_in_a_real_process(tmp_path):
-    """lm-eval's INFO lines (which the table's plain row checks are off) come back with --verbose. In a
-    real process: in-process, lm-eval's log handler keeps the stderr of the first test that configured it."""
+@pytest.mark.parametrize("flags", [[], ["--verbose"]], ids=["plain", "verbose"])
+def test_eval_uncached_hub_id_in_a_real_process(flags, tmp_path):
+    """One line plain; lm-eval's INFO lines and the traceback above the same line with --verbose. In a real
+    process: in-process, lm-eval's log handler keeps the stderr of the first test that configured it."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("LMEVAL_LOG_LEVEL", None)
-    argv = ["--model", "hf", "--model_args", "pretrained=acme/nomodel", "--tasks", "parity_pattern_0shot", "--verbose"]
+    argv = ["--model", "hf", "--model_args", "pretrained=acme/nomodel", "--tasks", "parity_pattern_0shot", *flags]
     code = "import sys; from iclvsft_tasks.eval_cli import main; sys.exit(main())"
     proc = subprocess.run(
         [sys.executable, "-c", code, *argv], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
     )
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2, proc.stderr[-3000:]
-    assert " INFO " in proc.stderr and "Traceback (most recent call last)" in proc.stderr, proc.stderr[-3000:]
     assert lines[-1].startswith("iclvsft-eval: error: --model_args pretrained: model acme/nomodel"), lines[-1]
     assert "not in the Hugging Face cache" in lines[-1] and list(tmp_path.iterdir()) == []
+    if flags:
+        assert " INFO " in proc.stderr and "Traceback (most recent call last)" in proc.stderr, proc.stderr[-3000:]
+    else:
+        assert len(lines) == 1, proc.stderr[-3000:]
 
 
 def test_verbose_is_ours_and_not_passed_on(tiny_llama, tmp_path, capfd):
