@@ -16,6 +16,7 @@ from iclvsft_tasks.atomic import atomic_open, atomic_write_dir, check_creatable
 from iclvsft_tasks.cliutil import (
     OneLineParser,
     add_split_size_flags,
+    add_verbose_flag,
     add_version_flag,
     data_from_flags,
     non_negative_int,
@@ -402,6 +403,7 @@ def build_parser() -> OneLineParser:
     )
     _add_split_options(circ)
     circ.set_defaults(run=cmd_circuits)
+    add_verbose_flag(parser)  # on every subcommand too: `iclvsft compare ... -v`
     return parser
 
 

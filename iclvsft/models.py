@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from iclvsft_tasks.atomic import atomic_write_dir
+from iclvsft_tasks.cliutil import verbose
 from iclvsft_tasks.errors import IclvsftError, model_path_problem, one_line
 from iclvsft_train.checkpoints import check_dtype, load_causal_lm
 
@@ -433,8 +434,8 @@ def _installed_wheel_file(model: BuiltinModel) -> Path | None:
 
 @contextlib.contextmanager
 def _transformers_quiet(quiet: bool) -> Iterator[None]:
-    """Silence transformers' progress bars and warnings (e.g. about `kernels`) when asked."""
-    if not quiet:
+    """Silence transformers' progress bars and warnings (e.g. about `kernels`) when asked (never with ``-v``)."""
+    if not quiet or verbose():
         yield
         return
     from transformers.utils import logging as hf_logging

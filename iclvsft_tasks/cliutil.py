@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+import traceback
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from typing import NoReturn
 
 from iclvsft_tasks.data.spec import SPLITS, DataSpec
@@ -46,16 +50,99 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def run_cli(prog: str, body: Callable[[Sequence[str]], int], argv: Sequence[str] | None = None) -> int:
-    """Run ``body``; user errors become ``prog: error: ...`` on stderr and exit status 2."""
+#: "1" while a command runs with ``-v``/``--verbose``; subprocesses (``trl sft``) inherit it.
+VERBOSE_ENV = "ICLVSFT_VERBOSE"
+#: What ``-v`` sets for the libraries (unless the user set it): their INFO logs, here and in subprocesses.
+_VERBOSE_LIBRARY_ENV = {"TRANSFORMERS_VERBOSITY": "info", "DATASETS_VERBOSITY": "info"}
+VERBOSE_HELP = "show the libraries' logs and warnings, and a traceback above an error (exit status unchanged)"
+
+
+def verbose() -> bool:
+    """Whether the running command was given ``-v``/``--verbose`` (or ``ICLVSFT_VERBOSE=1``)."""
+    return os.environ.get(VERBOSE_ENV) == "1"
+
+
+def _library_loggers() -> list:
+    """The ``logging`` helpers of transformers and datasets that are imported (importing them costs seconds)."""
+    found = []
+    for name in ("transformers.utils.logging", "datasets.utils.logging"):
+        if name in sys.modules:
+            found.append(sys.modules[name])
+    return found
+
+
+def set_verbose() -> None:
+    """Turn ``-v`` on for the rest of the command: library INFO logs and warnings shown (also in the
+    subprocesses it starts), tracebacks above errors. ``run_cli`` undoes it when the command ends."""
+    os.environ[VERBOSE_ENV] = "1"
+    for name, level in _VERBOSE_LIBRARY_ENV.items():
+        os.environ.setdefault(name, level)
+    for module in _library_loggers():
+        module.set_verbosity_info()
+
+
+def add_verbose_flag(parser: argparse.ArgumentParser, short: bool = True) -> None:
+    """``-v``/``--verbose`` (``--verbose`` alone where ``-v`` is taken) on ``parser`` and every subcommand's parser."""
+
+    class _Verbose(argparse.Action):
+        def __call__(self, *_: object) -> None:
+            set_verbose()
+
+    names = ["-v", "--verbose"] if short else ["--verbose"]
+    parser.add_argument(*names, nargs=0, action=_Verbose, default=argparse.SUPPRESS, help=VERBOSE_HELP)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):  # aliases map to the same parser
+                add_verbose_flag(child, short)
+
+
+@contextlib.contextmanager
+def quiet_warnings() -> Iterator[None]:
+    """The libraries' Python warnings off inside (a probe that loads a config, parses flags...), unless ``-v``."""
+    with warnings.catch_warnings():
+        if not verbose():
+            warnings.simplefilter("ignore")
+        yield
+
+
+@contextlib.contextmanager
+def _restored_verbosity() -> Iterator[None]:
+    """Undo ``set_verbose`` when the command ends (``main`` runs in-process in tests and library callers)."""
+    names = [VERBOSE_ENV, *_VERBOSE_LIBRARY_ENV]
+    env = {name: os.environ.get(name) for name in names}
+    levels = {module.__name__: module.get_verbosity() for module in _library_loggers()}
     try:
-        return body(list(sys.argv[1:] if argv is None else argv))
-    except IclvsftError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
+        yield
+    finally:
+        was_verbose = verbose()
+        for name, value in env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        if was_verbose and env[VERBOSE_ENV] != "1":
+            for module in _library_loggers():
+                module.set_verbosity(levels.get(module.__name__, logging.WARNING))
+
+
+def run_cli(prog: str, body: Callable[[Sequence[str]], int], argv: Sequence[str] | None = None) -> int:
+    """Run ``body``; user errors become ``prog: error: ...`` on stderr and exit status 2.
+
+    With ``-v`` (see ``add_verbose_flag``) the error's traceback comes first, including the library
+    exception it was raised from (which the one line hides with ``from None``).
+    """
+    with _restored_verbosity():
+        try:
+            return body(list(sys.argv[1:] if argv is None else argv))
+        except IclvsftError as exc:
+            if verbose():
+                exc.__suppress_context__ = False
+                traceback.print_exception(exc, file=sys.stderr)
+            print(f"{prog}: error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print(f"{prog}: interrupted", file=sys.stderr)
+            return 130
 
 
 def flag_value(argv: Sequence[str], *names: str) -> str | None:

@@ -19,6 +19,7 @@ import importlib
 import importlib.util
 import inspect
 import json
+import os
 import re
 import shutil
 import sys
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from iclvsft_tasks.atomic import atomic_write_dir, check_creatable
-from iclvsft_tasks.cliutil import check_device, flag_value, run_cli, version_line
+from iclvsft_tasks.cliutil import check_device, flag_value, run_cli, set_verbose, verbose, version_line
 from iclvsft_tasks.errors import IclvsftError, model_load_message, model_path_problem, one_line
 
 PROG = "iclvsft-eval"
@@ -158,7 +159,8 @@ def register() -> str:
         raise IclvsftError(f"cannot write {target}: {exc.strerror}") from None
     return (
         f"registered: a bare `lm_eval --tasks parity_pattern ...` now finds iclvsft's tasks "
-        f"(copy in {target}; an lm-eval reinstall or upgrade removes it: run `{PROG} register` again)"
+        f"(copy in {target}; pip leaves it there through an lm-eval reinstall, upgrade or uninstall: "
+        f"run `{PROG} unregister` before removing lm-eval)"
     )
 
 
@@ -259,6 +261,8 @@ def _one_line_model_errors() -> None:
 
     for name in ("create_from_arg_string", "create_from_arg_obj"):
         original = getattr(LM, name).__func__
+        if getattr(original, "_iclvsft_one_line", False):  # main() ran before in this process
+            continue
 
         def create(cls, args, additional_config=None, _original=original):
             try:
@@ -271,7 +275,26 @@ def _one_line_model_errors() -> None:
                     raise IclvsftError(f"--model_args pretrained: {explained}") from None
                 raise IclvsftError(f"cannot create model {cls.__name__} from --model_args: {one_line(exc)}") from None
 
+        create._iclvsft_one_line = True
         setattr(LM, name, classmethod(create))
+
+
+#: Our flag, taken out before lm-eval sees the arguments; only the long form: ``-v`` is lm-eval's ``--verbosity``.
+VERBOSE_FLAG = "--verbose"
+
+
+@contextlib.contextmanager
+def _lm_eval_log_level(argv: Sequence[str]) -> Iterator[None]:
+    """lm-eval's INFO lines (selected tasks, seeds, device) off unless ``--verbose``, or the user chose
+    a level (``--verbosity``/``-v``, ``LMEVAL_LOG_LEVEL``, which would override the flag)."""
+    chosen = verbose() or "LMEVAL_LOG_LEVEL" in os.environ or _has_flag(argv, "--verbosity", "-v")
+    if not chosen:
+        os.environ["LMEVAL_LOG_LEVEL"] = "WARNING"
+    try:
+        yield
+    finally:
+        if not chosen:
+            os.environ.pop("LMEVAL_LOG_LEVEL", None)
 
 
 @contextlib.contextmanager
@@ -299,6 +322,8 @@ iclvsft's additions:
   {PROG} unregister    remove that copy
   {PROG} status        whether a bare `lm_eval` sees iclvsft's tasks (not registered / current / stale)
   {PROG} --version     the versions of iclvsft, lm-eval, transformers and torch
+  --verbose            the libraries' logs (lm-eval's INFO lines are off without it) and warnings, and
+                       a traceback above an error; only the long form: -v is lm-eval's own --verbosity
   --model iclvsft-hf   lm-eval's hf backend that computes a prompt prefix shared by many requests once
                        (same --model_args as hf, plus prefix_cache_mb, min_prefix_tokens, prefix_batch_size)
   tasks                `iclvsft tasks` lists them; e.g. --tasks parity_pattern_4shot,parity_pattern_broken_4shot
@@ -309,6 +334,9 @@ lm-eval's help follows.
 
 
 def _main(argv: Sequence[str]) -> int:
+    if VERBOSE_FLAG in argv:
+        set_verbose()
+        argv = [arg for arg in argv if arg != VERBOSE_FLAG]
     if list(argv) == ["--version"]:
         print(version_line(PROG))
         return 0
@@ -324,12 +352,13 @@ def _main(argv: Sequence[str]) -> int:
         print(warning, file=sys.stderr)
     new_argv = lm_eval_argv(argv)
     _glue().register_backend()  # --model iclvsft-hf
+    _glue().quiet_lm_eval_noise()
     _one_line_model_errors()
     from lm_eval.__main__ import cli_evaluate
 
     sys.argv = ["lm-eval", *new_argv]
     try:
-        with _one_line_usage_errors():
+        with _one_line_usage_errors(), _lm_eval_log_level(new_argv):
             cli_evaluate()
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)

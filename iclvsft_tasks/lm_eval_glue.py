@@ -13,9 +13,13 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import logging
+import os
+import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from iclvsft_tasks.cliutil import verbose
 from iclvsft_tasks.data.spec import METADATA_KEYS, METADATA_PREFIX, DataSpec, metadata_int
 from iclvsft_tasks.data.splits import SplitSpec, build_splits
 from iclvsft_tasks.demos import DEFAULT_DEMOS, DRAW_FIELD, check_draw, check_mode, demo_order
@@ -45,6 +49,35 @@ def register_backend() -> None:
 
     if BACKEND_NAME not in model_registry:
         model_registry.register(BACKEND_NAME, target="iclvsft_tasks.backend.hflm:IclvsftHFLM")
+
+
+def _not_the_metadata_hint(record: logging.LogRecord) -> bool:
+    """False for lm-eval's "Custom kwargs can be passed to `--metadata`" warning (said for every task built
+    by a custom_dataset, so for all of ours), unless ``-v``: our ``--metadata`` keys are in the help."""
+    return verbose() or "Custom kwargs can be passed to `--metadata`" not in record.getMessage()
+
+
+def _git_hash_quietly() -> str | None:
+    """lm-eval's ``get_git_commit_hash`` (same value) without git's ``fatal: not a git repository`` line,
+    which lm-eval lets through to stderr once per evaluation outside a git checkout; shown with ``-v``."""
+    from lm_eval.loggers.utils import get_commit_from_path
+
+    try:
+        stderr = None if verbose() else subprocess.DEVNULL
+        return subprocess.check_output(["git", "describe", "--always"], stderr=stderr).strip().decode()
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        return get_commit_from_path(os.getcwd())
+
+
+def quiet_lm_eval_noise() -> None:
+    """Drop the two lines lm-eval prints for every task or evaluation that tell a user nothing (see
+    above), so ``iclvsft-eval`` and each ``compare`` cell stay quiet; idempotent, undone by ``-v``."""
+    import lm_eval.evaluator
+
+    task_logger = logging.getLogger("lm_eval.api.task")
+    if _not_the_metadata_hint not in task_logger.filters:
+        task_logger.addFilter(_not_the_metadata_hint)
+    lm_eval.evaluator.get_git_commit_hash = _git_hash_quietly
 
 
 def tasks_dir() -> str:

@@ -57,7 +57,7 @@ CASES: list[Case] = [
     case("path", "iclvsft", "data export --task parity_pattern --size 3 --out A_FILE/x.jsonl", "is a file"),
     case("path", "iclvsft", "data export --task parity_pattern --size 3 --out /proc/iclvsft/x.jsonl", "cannot be"),
     case("task", "iclvsft", "data fingerprint --task parity_pattern,nope", "unknown task 'nope'"),
-    case("flag", "iclvsft", "tasks --verbose", "unrecognized arguments"),
+    case("flag", "iclvsft", "tasks --loud", "unrecognized arguments"),
     case("flag", "iclvsft", "nope", "invalid choice"),
     # iclvsft compare
     case("config", "iclvsft", "compare --config NON_UTF8_YAML", "is not UTF-8 text"),
@@ -161,6 +161,12 @@ CASES: list[Case] = [
         "--model hf --model_args pretrained=./nomodel --tasks parity_pattern_0shot",
         "model directory ./nomodel does not exist",
     ),
+    case(
+        "model",
+        "iclvsft-eval",
+        "--model hf --model_args pretrained=acme/nomodel --tasks parity_pattern_0shot",
+        "not in the Hugging Face cache",
+    ),
     case("task", "iclvsft-eval", "--model hf --model_args pretrained=MODEL --tasks nope_task", "Tasks not found"),
 ]
 
@@ -256,6 +262,72 @@ def test_a_mistake_ends_in_one_error_line_and_writes_nothing(row, world, tmp_pat
     assert row.says in lines[0], lines[0]
     assert _snapshot(tmp_path) == before
     assert not [p for p in Path("/proc").glob("iclvsft*")]
+
+
+#: Rows run again with -v / --verbose: the traceback (and library log lines) come above the same error line.
+VERBOSE_ROWS = [
+    (case("task", "iclvsft", "data export --task nope --out x.jsonl -v", "unknown task 'nope'"), "KeyError: 'nope'"),
+    (case("task", "iclvsft", "-v circuits --model MODEL --task nope", "unknown task 'nope'"), "KeyError: 'nope'"),
+    (
+        case(
+            "adapter", "iclvsft-train merge", "--adapter ADAPTER --base OTHER_MODEL --out m --verbose", "does not fit"
+        ),
+        "Traceback",
+    ),
+    (case("samples", "iclvsft-train", f"--task parity_pattern --samples 6 {TRAIN} -v", "use 4 or 8"), "Traceback"),
+    (case("device", "iclvsft-eval", f"{EVAL_MODEL} --device tpu9 --verbose", "unknown --device"), "RuntimeError"),
+]
+
+
+@pytest.mark.parametrize(
+    "row,shows", VERBOSE_ROWS, ids=[f"{r.command}:{' '.join(r.argv)[:60]}" for r, _ in VERBOSE_ROWS]
+)
+def test_verbose_shows_the_traceback_and_logs_above_the_same_error_line(
+    row, shows, world, tmp_path, monkeypatch, capfd
+):
+    from iclvsft_tasks.cliutil import verbose
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", [row.command])
+    code = _main(row.command)(_argv(row.argv, world))
+    _, err = capfd.readouterr()
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, err
+    assert "Traceback (most recent call last)" in err and shows in err, err[-3000:]
+    assert _is_error_line(lines[-1], row.command) and row.says in lines[-1], lines[-1]
+    assert list(tmp_path.iterdir()) == []
+    assert not verbose(), "-v outlived its command"
+
+
+@pytest.mark.parametrize("flags", [[], ["--verbose"]], ids=["plain", "verbose"])
+def test_eval_uncached_hub_id_in_a_real_process(flags, tmp_path):
+    """One line plain; lm-eval's INFO lines and the traceback above the same line with --verbose. In a real
+    process: in-process, lm-eval's log handler keeps the stderr of the first test that configured it."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("LMEVAL_LOG_LEVEL", None)
+    argv = ["--model", "hf", "--model_args", "pretrained=acme/nomodel", "--tasks", "parity_pattern_0shot", *flags]
+    code = "import sys; from iclvsft_tasks.eval_cli import main; sys.exit(main())"
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *argv], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert lines[-1].startswith("iclvsft-eval: error: --model_args pretrained: model acme/nomodel"), lines[-1]
+    assert "not in the Hugging Face cache" in lines[-1] and list(tmp_path.iterdir()) == []
+    if flags:
+        assert " INFO " in proc.stderr and "Traceback (most recent call last)" in proc.stderr, proc.stderr[-3000:]
+    else:
+        assert len(lines) == 1, proc.stderr[-3000:]
+
+
+def test_verbose_is_ours_and_not_passed_on(tiny_llama, tmp_path, capfd):
+    """iclvsft-train consumes -v (trl sft has none): the dry-run's trl command does not carry it."""
+    from iclvsft_train.cli import main
+
+    argv = ["--task", "parity_pattern", "--samples", "4", "--model_name_or_path", str(tiny_llama)]
+    assert main([*argv, "--output_dir", str(tmp_path / "run"), "--dry-run", "-v", *SMALL]) == 0
+    out, err = capfd.readouterr()
+    assert "trl sft" in out + err and " -v" not in out + err and "--verbose" not in out + err
 
 
 def test_trl_usage_is_cut_to_its_error_line_in_a_real_process(tiny_llama, tmp_path):

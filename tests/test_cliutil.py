@@ -1,4 +1,5 @@
-"""The one reader of flags in argument lists we pass on unparsed: argparse's answer, for every caller."""
+"""The one reader of flags in argument lists we pass on unparsed (argparse's answer, for every caller),
+and the -v/--verbose switch every command shares."""
 
 from __future__ import annotations
 
@@ -42,3 +43,35 @@ def test_eval_cli_reads_a_single_num_fewshot_in_every_spelling(argv):
     warnings = eval_cli.num_fewshot_warnings(["--tasks", "parity_pattern_4shot", *argv])
     assert len(warnings) == 1 and "--num_fewshot 5 given: parity_pattern_4shot runs at 5 shots, not 4" in warnings[0]
     assert eval_cli.num_fewshot_warnings(["--tasks", "parity_pattern_4shot"]) == []
+
+
+def test_verbose_lasts_one_command_and_unquiets_warnings(monkeypatch, capsys):
+    import os
+    import warnings
+
+    from iclvsft_tasks.cliutil import OneLineParser, add_verbose_flag, quiet_warnings, run_cli, verbose
+    from iclvsft_tasks.errors import IclvsftError
+
+    for name in ("ICLVSFT_VERBOSE", "TRANSFORMERS_VERBOSITY", "DATASETS_VERBOSITY"):
+        monkeypatch.delenv(name, raising=False)
+    parser = OneLineParser(prog="p")
+    parser.add_subparsers().add_parser("sub")
+    add_verbose_flag(parser)
+    seen = []
+
+    def body(argv):
+        parser.parse_args(argv)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with quiet_warnings():
+                warnings.warn("library says", UserWarning, stacklevel=1)
+        seen.append((verbose(), os.environ.get("TRANSFORMERS_VERBOSITY"), len(caught)))
+        raise IclvsftError("do this")
+
+    assert run_cli("p", body, ["sub"]) == 2
+    assert capsys.readouterr().err == "p: error: do this\n"
+    assert run_cli("p", body, ["sub", "-v"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and err.endswith("p: error: do this\n")
+    assert seen == [(False, None, 0), (True, "info", 1)]
+    assert not verbose() and "TRANSFORMERS_VERBOSITY" not in os.environ

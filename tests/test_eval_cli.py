@@ -252,3 +252,29 @@ def test_a_model_argument_the_backend_rejects_is_one_line(tiny_llama, model_args
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("iclvsft-eval: error: cannot create model") and message in last
+
+
+def test_lm_evals_per_evaluation_noise_is_quiet_unless_verbose(tmp_path, monkeypatch, capfd):
+    """Outside a git checkout lm-eval lets git's "fatal:" line through once per evaluation, and warns
+    about `--metadata` for every task of ours: both off (same git_hash value), both back with -v."""
+    import logging
+
+    import lm_eval.evaluator
+
+    from iclvsft_tasks.lm_eval_glue import quiet_lm_eval_noise
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
+    monkeypatch.delenv("ICLVSFT_VERBOSE", raising=False)
+    monkeypatch.setattr(lm_eval.evaluator, "get_git_commit_hash", lm_eval.evaluator.get_git_commit_hash)
+    hint = logging.LogRecord("lm_eval.api.task", logging.WARNING, "", 0, "x: Custom kwargs can be passed to "
+                             "`--metadata` in console", None, None)  # fmt: skip
+    task_logger = logging.getLogger("lm_eval.api.task")
+    quiet_lm_eval_noise()
+    quiet_lm_eval_noise()
+    assert lm_eval.evaluator.get_git_commit_hash() is None and not task_logger.filter(hint)
+    assert "fatal" not in capfd.readouterr().err
+    monkeypatch.setenv("ICLVSFT_VERBOSE", "1")
+    assert lm_eval.evaluator.get_git_commit_hash() is None and task_logger.filter(hint)
+    assert "fatal: not a git repository" in capfd.readouterr().err
+    assert len(task_logger.filters) == 1

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
+from iclvsft_tasks.cliutil import quiet_warnings
 from iclvsft_tasks.errors import IclvsftError, model_load_message, one_line
 
 #: The dtypes a model is loaded, converted or analysed in.
@@ -105,8 +105,7 @@ def check_adapter(adapter: PathLike, base: PathLike) -> None:
 
     config = load_config(base)
     try:
-        with torch.device("meta"), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with torch.device("meta"), quiet_warnings():
             modules = dict(AutoModelForCausalLM.from_config(config).named_modules())
         with safe_open(str(weights), "pt") as handle:
             shapes = {key: handle.get_slice(key).get_shape() for key in handle.keys()}  # noqa: SIM118 (not iterable)

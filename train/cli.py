@@ -15,6 +15,7 @@ from pathlib import Path
 from iclvsft_tasks.cliutil import (
     OneLineParser,
     add_split_size_flags,
+    add_verbose_flag,
     add_version_flag,
     data_from_flags,
     non_negative_int,
@@ -52,6 +53,7 @@ def build_parser() -> OneLineParser:
     parser.add_argument("--dry-run", action="store_true", help="prepare the run and print the trl command only")
     add_split_size_flags(parser, DEFAULT_SIZES, "must match the evaluation's to guarantee no overlap")
     add_version_flag(parser, ("trl", "transformers", "peft", "accelerate", "torch"))
+    add_verbose_flag(parser)  # trl sft has no -v; it is ours and is not passed on
     return parser
 
 
@@ -65,6 +67,7 @@ def build_merge_parser() -> OneLineParser:
     parser.add_argument("--out", required=True, help="directory for the merged model")
     parser.add_argument("--base", help="base model (default: the one recorded in the adapter)")
     parser.add_argument("--dtype", default="float32", help="dtype to merge in (default float32)")
+    add_verbose_flag(parser)
     return parser
 
 

@@ -31,7 +31,6 @@ import sys
 import tempfile
 import threading
 import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,7 @@ from typing import Any
 import yaml
 
 from iclvsft_tasks.atomic import atomic_open, atomic_write_text, check_creatable
-from iclvsft_tasks.cliutil import default_threads, flag_value
+from iclvsft_tasks.cliutil import default_threads, flag_value, quiet_warnings, verbose
 from iclvsft_tasks.data.spec import DataSpec
 from iclvsft_tasks.errors import IclvsftError, model_load_message, model_path_problem, one_line
 from iclvsft_train import fast_sft, runlock
@@ -194,14 +193,15 @@ def parse_trl(config_path: Path, passthrough: Sequence[str]) -> tuple[Any, Any, 
     env_before = dict(os.environ)
     said = io.StringIO()  # argparse's usage (150 lines for trl sft) and message; only the message is kept
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stderr(said):
-            warnings.simplefilter("ignore")
+        with quiet_warnings(), contextlib.redirect_stderr(said):
             script_args, sft_args, model_args, _, remaining = parser.parse_args_and_config(
                 ["--config", str(config_path), *passthrough], return_remaining_strings=True
             )
     except (ValueError, TypeError) as exc:
         raise IclvsftError(f"trl sft rejects the configuration: {one_line(exc)}") from None
     except SystemExit:
+        if verbose():
+            print(said.getvalue(), end="", file=sys.stderr)
         errors = [line.split("error:", 1)[1].strip() for line in said.getvalue().splitlines() if "error:" in line]
         reason = errors[-1] if errors else "see `trl sft --help`"
         raise IclvsftError(f"trl sft rejects the flags: {reason} (see `trl sft --help`)") from None
@@ -360,8 +360,7 @@ def check_model(model: str) -> None:
     from transformers import AutoConfig
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with quiet_warnings():
             AutoConfig.from_pretrained(str(path) if looks_local else model)
     except Exception as exc:
         raise IclvsftError(model_load_message(model, exc)) from None

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import sys
-import warnings
 from pathlib import Path
 
 from iclvsft_tasks.atomic import atomic_write_dir, check_creatable
+from iclvsft_tasks.cliutil import quiet_warnings
 from iclvsft_tasks.errors import IclvsftError
 from iclvsft_train.checkpoints import (
     DTYPES_OR_AUTO,
@@ -28,8 +28,7 @@ def merge_adapter(adapter: str | Path, out: str | Path, base: str | None = None,
     if not base:
         raise IclvsftError(f"{adapter / 'adapter_config.json'} names no base model; pass --base")
     check_adapter(adapter, base)  # before any weights are loaded
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with quiet_warnings():
         merged, tokenizer = load_causal_lm(base, adapter=adapter, dtype=dtype)
 
     def fill(directory: Path) -> None:

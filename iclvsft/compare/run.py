@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from iclvsft.compare.config import Experiment
 from iclvsft.compare.records import has_pattern_use, mark_pattern_use, pattern_use
 from iclvsft_tasks.atomic import atomic_open, atomic_write_text, ensure_output_dir
-from iclvsft_tasks.cliutil import pin_cpu_threads, resolve_device
+from iclvsft_tasks.cliutil import pin_cpu_threads, resolve_device, verbose
 from iclvsft_tasks.data.spec import HELD_OUT_SPLITS
 from iclvsft_tasks.data.splits import build_split, fingerprints
 from iclvsft_tasks.demos import fixed_demo_ids
@@ -178,6 +178,9 @@ def evaluate_cell(lm: Any, task_manager: Any, exp: Experiment, cell: Cell) -> tu
     """
     from lm_eval import simple_evaluate
 
+    from iclvsft_tasks.lm_eval_glue import quiet_lm_eval_noise
+
+    quiet_lm_eval_noise()  # no git "fatal:" line and no --metadata hint per cell
     name, num_fewshot = lm_eval_task(cell.task, cell.split, cell.shots)
     start = time.perf_counter()
     result = simple_evaluate(
@@ -191,7 +194,7 @@ def evaluate_cell(lm: Any, task_manager: Any, exp: Experiment, cell: Cell) -> tu
         numpy_random_seed=1234,
         torch_random_seed=1234,
         fewshot_random_seed=exp.fewshot_seed,
-        verbosity="ERROR",
+        verbosity="INFO" if verbose() else "ERROR",
     )
     wall = time.perf_counter() - start
     samples = sorted(result["samples"][name], key=lambda s: s["doc_id"])
