@@ -119,3 +119,19 @@ def test_a_rerun_without_the_checkpoints_evaluates_nothing_and_writes_the_same(p
 
     assert stable((copy / "report.md").read_text()) == stable((out / "report.md").read_text())
     assert "ft/" in (copy / "report.md").read_text() and str(out) not in (copy / "report.md").read_text()
+
+
+def test_compare_reproduce_prints_a_stored_cells_command(published, tiny_llama):
+    from test_compare import _compare
+
+    out, _ = published
+    record = json.loads((out / "results.json").read_text())[0]
+    flags = ["--model", str(tiny_llama), "--tasks", "parity_pattern", "--shots", "0,3", "--draws", "2"]
+    flags += ["--ft-samples", "8", "--test-size", "40", "--validation-size", "6", "--train-size", "60"]
+    flags += ["--jobs", "1", "--out", str(out), "--learning_rate", "3e-3"]
+    proc = _compare([*flags, "--reproduce", record["key"]], timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == f"cd {shlex.quote(str(out))} && {record['reproduce']}"
+    proc = _compare([*flags, "--reproduce", "nope"], timeout=300)
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and "no cell nope" in lines[0], proc.stderr[-2000:]
