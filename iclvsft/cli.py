@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -193,6 +194,11 @@ def cmd_compare(args: argparse.Namespace, extra: list[str]) -> int:
     if isinstance(overrides["tasks"], str):
         overrides["tasks"] = overrides["tasks"].split(",")
     experiment = load_experiment(args.config, overrides)
+    if args.reproduce is not None:
+        from iclvsft.compare.reproduce import stored_cell_command
+
+        print(f"cd {shlex.quote(experiment.out)} && {stored_cell_command(experiment, args.reproduce)}")
+        return 0
     meta = run_compare(experiment, command=[PROG, *sys.argv[1:]])
     print(meta["summary"])
     out = Path(experiment.out)
@@ -352,6 +358,12 @@ def build_parser() -> OneLineParser:
         help="after the comparison, run the circuit-shift analysis at k* and n* (see `iclvsft circuits`)",
     )
     cmp_.add_argument("--circuit-items", type=non_negative_int, help="pairs for --circuits (default 50)")
+    cmp_.add_argument(
+        "--reproduce",
+        metavar="KEY",
+        help="print the iclvsft-eval command that recomputes the stored cell KEY (its key in results.json) of "
+        "this experiment's --out, and exit; evaluates nothing",
+    )
     cmp_.set_defaults(run=cmd_compare, takes_extra=True)
 
     circ = sub.add_parser(

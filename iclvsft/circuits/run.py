@@ -245,15 +245,36 @@ def settings_of(config: CircuitsConfig, model_path: str, ft: dict[str, str] | No
     }
 
 
-def _previous(out: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
+def _previous(out: Path, settings: dict[str, Any], ft_suffix: tuple[str, ...] = ()) -> dict[str, Any] | None:
+    """The result stored in ``out`` if it was computed with ``settings`` and its files are there.
+
+    ``ft_suffix``: the trailing parts that identify the fine-tuned checkpoint (e.g. its path inside a
+    run folder), so that a result computed in a run folder since moved or copied still counts.
+    """
     try:
         old = json.loads((out / RESULT_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        stored = dict(old.get("settings") or {})
+        files = [out / name for name in old.get("files", {}).get("heatmaps", {})] + [out / "report.md"]
+    except (OSError, ValueError, TypeError, AttributeError):
         return None
-    files = [out / name for name in old.get("files", {}).get("heatmaps", {})] + [out / "report.md"]
-    if old.get("format") == FORMAT and old.get("settings") == settings and all(f.is_file() for f in files):
+    if ft_suffix and Path(str(stored.get("ft_checkpoint") or "")).parts[-len(ft_suffix) :] == ft_suffix:
+        stored["ft_checkpoint"] = settings.get("ft_checkpoint")
+    if old.get("format") == FORMAT and stored == settings and all(f.is_file() for f in files):
         return old
     return None
+
+
+def stored_result(config: CircuitsConfig, ft_suffix: tuple[str, ...] = ()) -> dict[str, Any] | None:
+    """The result in ``config.out`` computed from the same inputs as ``config`` (its settings; the
+    fine-tuned checkpoint by its path, or by the trailing parts ``ft_suffix`` of it), or None.
+
+    Reads neither model: the checkpoint need not be on disk (``iclvsft compare`` reuses the analysis
+    of a published run folder that holds no ``ft/``).
+    """
+    from iclvsft.models import resolve_model
+
+    ft = {"path": str(Path(config.ft_checkpoint).resolve())} if config.ft_checkpoint is not None else None
+    return _previous(Path(config.out), settings_of(config, resolve_model(config.model), ft), ft_suffix)
 
 
 def run_circuits(config: CircuitsConfig, reuse: bool = False) -> dict[str, Any]:

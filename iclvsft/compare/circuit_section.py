@@ -5,6 +5,7 @@ Runs before ``report.md`` is written, which then ends with the section's lines.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ def run_circuit_analyses(
     # Lazy: only a run with circuits on needs the circuits package.
     from iclvsft.circuits import CircuitsConfig, run_circuits
     from iclvsft.circuits.report import render_section
+    from iclvsft.circuits.run import stored_result
     from iclvsft_train.checkpoints import DTYPES as CIRCUIT_DTYPES
 
     lines = [
@@ -44,23 +46,9 @@ def run_circuit_analyses(
         icl = select_best(settings, "icl", task, label)
         ft = select_best(settings, "ft", task, label)
         shots = int(icl["shots"]) if icl else 0
-        checkpoint = str(out / ft["checkpoint"]) if ft and ft.get("checkpoint") else None  # relative to --out
-        notes = []
-        if icl is None:
-            notes.append("there is no ICL result")
-        elif shots == 0:
-            notes.append("k* = 0 (ICL's best validation setting shows no demonstrations), so there is no ICL shift")
-        if ft is None:
-            notes.append("there is no FT result")
-        elif not checkpoint or not Path(checkpoint).is_dir():
-            notes.append(f"the FT milestone n*={ft['ft_samples']} is not on disk ({checkpoint})")
-            checkpoint = None
-        lines += [f"### `{task}`", ""]
-        lines += [f"Note: {note}." for note in notes] + ([""] if notes else [])
-        if not shots and checkpoint is None:
-            lines += ["Not analysed.", ""]
-            summary[task] = {"status": "not run", "notes": notes}
-            continue
+        rel = str(ft["checkpoint"]) if ft and ft.get("checkpoint") else None  # relative to --out
+        checkpoint = str(out / rel) if rel else None
+
         config = CircuitsConfig(
             model=model or exp.models[0],
             task=task,
@@ -73,13 +61,32 @@ def run_circuit_analyses(
             data=exp.data,
             draw=1,
         )
+        # A stored analysis of the same inputs is reused without loading anything, so a published run
+        # folder (cells and circuit results, no ft/ checkpoints) reruns without the fine-tuned model.
+        reused = stored_result(config, Path(rel).parts) if rel else None
+        notes = []
+        if icl is None:
+            notes.append("there is no ICL result")
+        elif shots == 0:
+            notes.append("k* = 0 (ICL's best validation setting shows no demonstrations), so there is no ICL shift")
+        if ft is None:
+            notes.append("there is no FT result")
+        elif reused is None and (not checkpoint or not Path(checkpoint).is_dir()):
+            notes.append(f"the FT milestone n*={ft['ft_samples']} is not on disk ({rel})")
+            checkpoint = None
+        lines += [f"### `{task}`", ""]
+        lines += [f"Note: {note}." for note in notes] + ([""] if notes else [])
+        if not shots and checkpoint is None:
+            lines += ["Not analysed.", ""]
+            summary[task] = {"status": "not run", "notes": notes}
+            continue
         try:
-            result = run_circuits(config, reuse=True)
+            result = reused or run_circuits(dataclasses.replace(config, ft_checkpoint=checkpoint), reuse=True)
         except IclvsftError as exc:
             lines += [f"Not analysed: {exc}.", ""]
             summary[task] = {"status": "failed", "error": str(exc), "notes": notes}
             continue
-        n = f", FT n*={ft['ft_samples']} ({checkpoint})" if checkpoint else ""
+        n = f", FT n*={ft['ft_samples']} (`{rel}`)" if checkpoint else ""
         lines += [
             (
                 f"ICL k*={shots}{n}, chosen on validation. Files: `circuits/{task}/` "
@@ -90,7 +97,7 @@ def run_circuit_analyses(
         lines += render_section(result, link_prefix=f"circuits/{task}/", level=4)
         summary[task] = {
             "status": "done",
-            "result": str(out / "circuits" / task / "circuits.json"),
+            "result": f"circuits/{task}/circuits.json",  # relative to --out, as every path the run stores
             "verdict": result["verdict"],
             "notes": notes,
         }

@@ -43,6 +43,7 @@ CSV_COLUMNS = (
     "train_tokens",
     "wall_time_s",
     "predictions",
+    "reproduce",
 )
 
 

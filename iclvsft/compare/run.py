@@ -104,6 +104,12 @@ class Cell:
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
 
 
+def demo_settings(draw: int) -> dict[str, Any]:
+    """The demonstration settings of a cell's lm-eval metadata (``task_manager`` keywords): draw
+    ``draw`` of the fixed sets, or none (lm-eval's per-item default; 0 shots shows none)."""
+    return {"demos": "fixed", "draw": draw} if draw else {}
+
+
 def _hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
@@ -126,9 +132,17 @@ def lm_spec(exp: Experiment, model_path: str, adapter: str | None = None) -> tup
     # prefix caching makes vLLM compute the demonstrations shared by many prompts once.
     args.update({"tensor_parallel_size": 1, "data_parallel_size": 1, "enable_prefix_caching": True})
     if adapter:
-        rank = json.loads((Path(adapter) / "adapter_config.json").read_text()).get("r", 16)
-        args.update({"lora_local_path": adapter, "max_lora_rank": max(16, int(rank))})
+        args.update({"lora_local_path": adapter, "max_lora_rank": max(16, _lora_rank(adapter))})
     return "vllm", {**args, **exp.eval_args}
+
+
+def _lora_rank(adapter: str) -> int:
+    """The adapter's LoRA rank; 16 when its config cannot be read here (a reproduce command written
+    for a run folder without its ``ft/``: vLLM then reports the missing adapter itself)."""
+    try:
+        return int(json.loads((Path(adapter) / "adapter_config.json").read_text()).get("r", 16))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 16
 
 
 def _device(exp: Experiment) -> str:
@@ -371,8 +385,7 @@ class CellRunner:
         from iclvsft_tasks.lm_eval_glue import task_manager
 
         if cell.draw not in self._managers:
-            demos = {"demos": "fixed", "draw": cell.draw} if cell.draw else {}
-            self._managers[cell.draw] = task_manager(data=self.run.exp.data, **demos)
+            self._managers[cell.draw] = task_manager(data=self.run.exp.data, **demo_settings(cell.draw))
         return self._managers[cell.draw]
 
     def evaluate(self, cell: Cell, lm: Any, extra: dict[str, Any]) -> dict[str, Any]:
@@ -662,6 +675,7 @@ def _compare_locked(
     from iclvsft.compare.jobs import default_jobs, run_parallel
     from iclvsft.compare.markdown import write_report
     from iclvsft.compare.records import Settings
+    from iclvsft.compare.reproduce import reproduce_command
     from iclvsft.compare.results import write_results
     from iclvsft.compare.summary import summary_table
 
@@ -737,7 +751,9 @@ def _compare_locked(
     }
     if several:  # the x axis of the figure across models
         meta["model_parameters"] = {p.run.label: _parameters(p.run.model_path) for p in plans}
-    write_results(current, out)
+    # Each cell's iclvsft-eval command, derived from its record now (never stored in it: stored cells stay valid).
+    paths, device = {p.run.label: p.run.model_path for p in plans}, _device(exp)
+    write_results([{**r, "reproduce": reproduce_command(exp, r, paths[r["model"]], device)} for r in current], out)
     settings = Settings.aggregate(current)
     # The circuit-shift analysis runs on the first model (the study's default model).
     circuit_lines, circuits = (

@@ -1,0 +1,137 @@
+"""Issue 13's reproducibility of ``iclvsft compare``, on a tiny random Llama: every cell's ``reproduce``
+command (``iclvsft-eval``) recomputes its accuracy and per-item predictions, and a rerun of a published
+run folder (cells, results, report and circuit results, no ``ft/`` checkpoints) evaluates nothing,
+trains nothing and writes the same results and report."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+from pathlib import Path
+
+import pytest
+
+from iclvsft.compare import run as compare_run
+from iclvsft.compare.config import Experiment
+from iclvsft.compare.reproduce import REPRODUCE_DIR, stored_cell_command
+from iclvsft_tasks.errors import IclvsftError
+
+
+def _experiment(model: Path, out: Path) -> Experiment:
+    return Experiment(
+        model=str(model),
+        tasks=["parity_pattern"],
+        shots=[0, 3],
+        draws=2,
+        ft_samples=[8],  # one milestone: n* = 8, so the circuit analysis needs the fine-tuned model
+        test_size=40,
+        test_broken_size=40,
+        validation_size=6,
+        train_size=60,
+        out=str(out),
+        jobs=1,
+        circuits=True,
+        circuit_items=3,
+        train_args=["--learning_rate", "3e-3"],
+    )
+
+
+@pytest.fixture(scope="module")
+def published(tiny_llama, tmp_path_factory):
+    out = tmp_path_factory.mktemp("reproduce") / "run"
+    meta = compare_run.run_compare(_experiment(tiny_llama, out))
+    return out, meta
+
+
+def _logged(folder: Path) -> tuple[float, list[dict]]:
+    """lm-eval's accuracy and its logged samples (by doc id) under ``--output_path folder``."""
+    (results,) = folder.rglob("results_*.json")
+    (samples,) = folder.rglob("samples_*.jsonl")
+    data = json.loads(results.read_text())
+    (task,) = data["results"]
+    rows = sorted((json.loads(line) for line in samples.read_text().splitlines()), key=lambda s: s["doc_id"])
+    return data["results"][task]["exact_match,extract"], rows
+
+
+@pytest.mark.parametrize("condition", ["icl", "ft"])
+def test_a_cells_reproduce_command_gives_its_accuracy_and_predictions(published, condition, monkeypatch):
+    from iclvsft_tasks import eval_cli
+
+    out, _ = published
+    records = json.loads((out / "results.json").read_text())
+    if condition == "icl":  # fixed demonstrations, the second draw
+        cell = next(r for r in records if r["condition"] == "icl" and r["shots"] == 3 and r["draw"] == 2)
+    else:
+        cell = next(r for r in records if r["condition"] == "ft" and r["split"] == "test")
+    argv = shlex.split(cell["reproduce"])
+    assert argv[0] == "iclvsft-eval" and str(out) not in cell["reproduce"]  # run-folder paths are relative
+    if condition == "ft":
+        assert f"peft={cell['checkpoint']}" in cell["reproduce"]
+    monkeypatch.chdir(out)
+    assert eval_cli.main(argv[1:]) == 0
+    accuracy, samples = _logged(out / REPRODUCE_DIR / cell["key"])
+    rows = [json.loads(line) for line in (out / cell["predictions"]).read_text().splitlines()]
+    assert accuracy == cell["accuracy"]
+    assert [(s["doc"]["id"], s["filtered_resps"][0], s["resps"][0][0]) for s in samples] == [
+        (r["id"], r["prediction"], r["raw"]) for r in rows
+    ]
+
+
+def test_the_stored_cell_command_is_the_results_one_and_errors_are_one_line(published, tiny_llama):
+    out, _ = published
+    exp = _experiment(tiny_llama, out)
+    for record in json.loads((out / "results.json").read_text()):
+        assert stored_cell_command(exp, record["key"]) == record["reproduce"]
+    with pytest.raises(IclvsftError, match=r"no cell nope in .*results\.json"):
+        stored_cell_command(exp, "nope")
+    header = (out / "results.csv").read_text().splitlines()[0].split(",")
+    assert header[header.index("predictions") + 1] == "reproduce"
+
+
+def test_a_rerun_without_the_checkpoints_evaluates_nothing_and_writes_the_same(published, tiny_llama, monkeypatch):
+    """The published folder (copied elsewhere, without ft/): nothing evaluated, trained or analysed again."""
+    from iclvsft.circuits import run as circuits_run
+
+    out, first = published
+    copy = out.parent / "published"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("ft", REPRODUCE_DIR, ".iclvsft.lock"))
+    cells = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in (copy / "cells").iterdir()}
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a rerun of a published run evaluated, trained or scored something")
+
+    monkeypatch.setattr(compare_run, "evaluate_cell", forbidden)
+    monkeypatch.setattr(compare_run, "ensure_trained", forbidden)
+    monkeypatch.setattr(compare_run, "plan_training", forbidden)
+    monkeypatch.setattr(circuits_run, "score_condition", forbidden)
+    monkeypatch.setattr(circuits_run, "load_causal_lm", forbidden)
+    second = compare_run.run_compare(_experiment(tiny_llama, copy))
+    assert (copy / "results.json").read_text() == (out / "results.json").read_text()
+    assert (copy / "results.csv").read_text() == (out / "results.csv").read_text()
+    assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in (copy / "cells").iterdir()} == cells
+    assert not (copy / "ft").exists()
+    assert first["circuits"]["parity_pattern"]["status"] == "done"  # the analysis ran on the fine-tuned model
+    assert second["circuits"] == first["circuits"]
+
+    def stable(report: str) -> list[str]:  # the run's own wall time (and date, on a run past midnight)
+        return [line for line in report.splitlines() if not line.startswith(("- **wall time", "- **date"))]
+
+    assert stable((copy / "report.md").read_text()) == stable((out / "report.md").read_text())
+    assert "ft/" in (copy / "report.md").read_text() and str(out) not in (copy / "report.md").read_text()
+
+
+def test_compare_reproduce_prints_a_stored_cells_command(published, tiny_llama):
+    from test_compare import _compare
+
+    out, _ = published
+    record = json.loads((out / "results.json").read_text())[0]
+    flags = ["--model", str(tiny_llama), "--tasks", "parity_pattern", "--shots", "0,3", "--draws", "2"]
+    flags += ["--ft-samples", "8", "--test-size", "40", "--validation-size", "6", "--train-size", "60"]
+    flags += ["--jobs", "1", "--out", str(out), "--learning_rate", "3e-3"]
+    proc = _compare([*flags, "--reproduce", record["key"]], timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == f"cd {shlex.quote(str(out))} && {record['reproduce']}"
+    proc = _compare([*flags, "--reproduce", "nope"], timeout=300)
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and "no cell nope" in lines[0], proc.stderr[-2000:]
