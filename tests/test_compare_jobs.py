@@ -148,7 +148,8 @@ def test_a_failing_worker_ends_the_run_in_one_line_and_stops_the_training_worker
 
 def test_a_dead_worker_or_ctrl_c_ends_the_run_in_one_line_keeping_finished_cells(tiny_llama, tmp_path):
     out = tmp_path / "dead"
-    args = [*_flags(tiny_llama, out, ft="", size=40, shots="0,1,2,3,4,5,6"), "--jobs", "2"]
+    # 75 cells: enough that a loaded machine cannot finish them all between the checks and the signals
+    args = [*_flags(tiny_llama, out, ft="", size=40, shots=",".join(map(str, range(13)))), "--jobs", "2"]
     process = _start(args)
     _wait_for(lambda: _cells(out) >= 1 and len(_worker_pids(out)) == 2, process)
     os.kill(min(_worker_pids(out)), signal.SIGKILL)

@@ -105,12 +105,13 @@ def test_milestones_map_to_whole_batches():
 # --- argument pass-through -------------------------------------------------------------------------------
 
 
-def test_accelerate_and_deepspeed_flags_reach_trl_sft_unchanged(tiny_llama, tmp_path):
+def test_accelerate_and_multinode_flags_reach_trl_sft_unchanged(tiny_llama, tmp_path):
+    # fsdp2, not zero3: a DeepSpeed profile is refused where DeepSpeed is not installed (test_bad_input)
     out = tmp_path / "run"
     flags = [
         "--num_processes",
         "8",
-        "--accelerate_config=zero3",
+        "--accelerate_config=fsdp2",
         "--main_process_ip",
         "10.1.2.3",
         "--main_process_port",
@@ -145,8 +146,8 @@ def test_accelerate_and_deepspeed_flags_reach_trl_sft_unchanged(tiny_llama, tmp_
     command = proc.stdout.strip().split(" ")
     sft = command.index("sft")
     expected = ["--config", str(out / "resolved.yaml"), *flags]
-    expected[expected.index("--accelerate_config=zero3")] = "--accelerate_config"
-    expected.insert(expected.index("--accelerate_config") + 1, "zero3")
+    expected[expected.index("--accelerate_config=fsdp2")] = "--accelerate_config"
+    expected.insert(expected.index("--accelerate_config") + 1, "fsdp2")
     assert command[sft + 1 :] == expected
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["processes"] == 8 and manifest["effective_batch"] == 32 and manifest["max_steps"] == 2

@@ -124,15 +124,7 @@ class Experiment:
             raise IclvsftError(f"circuits must be true or false, got {self.circuits!r}")
         if isinstance(self.circuit_items, bool) or not isinstance(self.circuit_items, int) or self.circuit_items < 1:
             raise IclvsftError(f"circuit_items must be an integer >= 1, got {self.circuit_items!r}")
-        # Checked here, before run_compare creates out or writes fine-tuning data.
-        check_creatable(self.out, "out")
-        check_device(self.device)
-        if self.eval_backend == "vllm" and importlib.util.find_spec("vllm") is None:
-            raise IclvsftError(
-                "eval_backend vllm needs vLLM, which is not installed: pip install vllm (on a GPU machine), "
-                f"or use --eval-backend {BACKEND_NAME}"
-            )
-        check_launch_engines(self.train_args)
+        check_creatable(self.out, "out")  # before run_compare creates out or writes fine-tuning data
         # Demonstrations come from train; fine-tuning samples too (per task, or split over the mixture).
         if max(self.shots) > self.data.train_size:
             raise IclvsftError(
@@ -144,6 +136,18 @@ class Experiment:
                 f"{max(self.ft_samples)} fine-tuning samples exceed the train split "
                 f"({self.data.train_size} items per task); raise train_size or lower ft_samples"
             )
+
+    def check_machine(self) -> None:
+        """What this machine must have to run the experiment (the device, vLLM, DeepSpeed): checked by
+        run_compare before anything is written, not when the experiment loads, so a GPU experiment
+        can be loaded, inspected and validated anywhere."""
+        check_device(self.device)
+        if self.eval_backend == "vllm" and importlib.util.find_spec("vllm") is None:
+            raise IclvsftError(
+                "eval_backend vllm needs vLLM, which is not installed: pip install vllm (on a GPU machine), "
+                f"or use --eval-backend {BACKEND_NAME}"
+            )
+        check_launch_engines(self.train_args)
 
     def draws_for(self, shots: int) -> list[int]:
         """The draws an ICL setting is evaluated with: 1..R for fixed sets, else 0 (none to draw)."""

@@ -651,6 +651,7 @@ def run_compare(
     from iclvsft.models import resolve_model
 
     started = time.perf_counter()
+    exp.check_machine()
     model_paths = {}
     for model in exp.models:  # every model resolves (and converts) first
         model_paths[model] = resolve_model(model)  # one float32 cache; lm-eval and TRL cast to exp.dtype on load
