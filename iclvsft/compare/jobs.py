@@ -279,7 +279,10 @@ def run_parallel(
         while ready or in_flight:
             while ready and len(in_flight) < size:
                 unit = ready.pop(0)
-                with _sigint_ignored():
+                # Only a submit that may start a worker ignores Ctrl-C (the worker inherits that); one
+                # that lands in the window is lost, so the window is closed once every worker exists.
+                spawning = len(executor._processes) < size
+                with _sigint_ignored() if spawning else contextlib.nullcontext():
                     in_flight[executor.submit(run_unit, run, unit)] = unit
                 processes.update(executor._processes)  # the pool's workers: no public handle before 3.14
             if bar is not None:
