@@ -41,11 +41,18 @@ def _compare(args, timeout=900):
     )
 
 
+def _as_a_terminal_starts_it() -> None:
+    # Ctrl-C on, as for a foreground job: a suite started in the background (nohup, `cmd &` in a
+    # script) has SIGINT ignored, which its children inherit and rightly keep.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(args) -> subprocess.Popen:
     return subprocess.Popen(
         [str(BIN / "iclvsft"), "compare", *args],
         env=_env(),
         start_new_session=True,
+        preexec_fn=_as_a_terminal_starts_it,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
