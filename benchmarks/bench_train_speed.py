@@ -5,11 +5,14 @@ separate processes, each run on the same data:
   before: plain ``trl sft --config resolved.yaml`` (what iclvsft-train ran before fast_sft);
   after:  ``iclvsft-train`` itself (``python -m iclvsft_train.fast_sft sft``, the compact CPU loss);
   bare:   this script's loop (``--bare``): same model, LoRA config, optimizer and learning rate, batch 1 x 4
-          accumulated, the LM head applied only at the completion positions, no checkpoints.
+          accumulated, the LM head applied only at the completion positions, no checkpoints;
+  bf16:   with ``--bf16 RECIPES``, ``iclvsft-train --bf16 true --use_cpu true`` once (autocast to bfloat16 on
+          CPU, weights in float32): its s/sample, and its logged losses against the first float32 run's
+          (both log every step).
 s/sample is TRL's ``train_runtime`` / samples (it includes the checkpoints saved during training) and the
 bare loop's time / samples; wall is end to end, start-up = wall - train_runtime.
 
-    .venv/bin/python benchmarks/bench_train_speed.py [--samples 48] [--repeats 1] [--model default]
+    .venv/bin/python benchmarks/bench_train_speed.py [--samples 48] [--repeats 1] [--bf16 lora] [--model default]
 """
 
 # ruff: noqa: E402 - the environment must be set before torch is imported
@@ -41,6 +44,7 @@ import yaml
 BIN = Path(sys.executable).parent
 TARGET = 1.25
 METRIC = re.compile(r"'train_runtime': '?([0-9.eE+-]+)")
+LOSS = re.compile(r"'loss': '?([0-9.eE+-]+)")
 
 
 def bare(prep: Path) -> float:
@@ -92,8 +96,19 @@ def timed(cmd: list[str], samples: int) -> dict[str, float]:
     wall = time.perf_counter() - start
     if proc.returncode:
         sys.exit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-3000:]}")
-    runtime = float(METRIC.findall(proc.stdout + proc.stderr)[-1])
-    return {"s_per_sample": runtime / samples, "wall": wall, "startup": wall - runtime}
+    log = proc.stdout + proc.stderr
+    runtime = float(METRIC.findall(log)[-1])
+    losses = [float(x) for x in LOSS.findall(log)]
+    return {"s_per_sample": runtime / samples, "wall": wall, "startup": wall - runtime, "losses": losses}
+
+
+def loss_gap(runs: dict[str, list[dict]]) -> float:
+    """Largest relative difference between the bf16 and float32 runs' logged losses, over all repeats."""
+    return max(
+        abs(b - a) / abs(a)
+        for fp32, bf16 in zip(runs["after"], runs["bf16"])
+        for a, b in zip(fp32["losses"], bf16["losses"], strict=True)
+    )
 
 
 def main() -> None:
@@ -103,6 +118,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--tasks", default="expression_pattern,relation_pattern")
     parser.add_argument("--recipes", default="lora,full")
+    parser.add_argument("--bf16", default="", help="recipes (e.g. lora) for which bf16 training is timed once")
     parser.add_argument("--model", default=str(Path.home() / ".cache/iclvsft/models/gemma-3-270m-float32"))
     args = parser.parse_args()
     if args.bare:
@@ -125,19 +141,19 @@ def main() -> None:
                     capture_output=True,
                 )
                 prep_wall = time.perf_counter() - start
-                runs: dict[str, list[dict[str, float]]] = {"before": [], "after": [], "bare": []}
+                runs: dict[str, list[dict]] = {"before": [], "after": [], "bare": [], "bf16": []}
+                # Every step logged, so that the bf16 losses have float32 ones to be compared with.
+                train = [str(BIN / "iclvsft-train"), *common, "--logging_steps", "1"]
                 for i in range(args.repeats):  # interleaved, so drifting load hits each alike
-                    runs["after"].append(
-                        timed(
-                            [
-                                str(BIN / "iclvsft-train"),
-                                *common,
-                                "--output_dir",
-                                str(prep.with_name(f"{prep.name}-after{i}")),
-                            ],
-                            args.samples,
+                    out_dir = str(prep.with_name(f"{prep.name}-after{i}"))
+                    runs["after"].append(timed([*train, "--output_dir", out_dir], args.samples))
+                    if i == 0 and recipe in args.bf16.split(","):  # one run: the decision needs no median
+                        out_dir = str(prep.with_name(f"{prep.name}-bf16{i}"))
+                        runs["bf16"].append(
+                            timed(
+                                [*train, "--bf16", "true", "--use_cpu", "true", "--output_dir", out_dir], args.samples
+                            )
                         )
-                    )
                     cmd = [str(BIN / "trl"), "sft", "--config", str(prep / "resolved.yaml")]
                     runs["before"].append(
                         timed([*cmd, "--output_dir", str(prep.with_name(f"{prep.name}-before{i}"))], args.samples)
@@ -160,8 +176,9 @@ def main() -> None:
     print(
         "| task | recipe | before s/sample (plain trl sft) | after s/sample (iclvsft-train) | bare s/sample | "
         "after / bare | target | before / after | wall before / after s | start-up after s | dry run s |"
+        + (" bf16 s/sample | bf16 / after | bf16 loss gap (max rel.) |" if args.bf16 else "")
     )
-    print("|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|" + ("---:|---:|---:|" if args.bf16 else ""))
     for task, recipe, prep_wall, runs in rows:
         b, a, x = (med(r["s_per_sample"] for r in runs[k]) for k in ("before", "after", "bare"))
         wall_b, wall_a = (med(r["wall"] for r in runs[k]) for k in ("before", "after"))
@@ -169,6 +186,14 @@ def main() -> None:
             f"| {task} | {recipe} | {b:.3f} | {a:.3f} | {x:.3f} | {a / x:.2f}× | "
             f"{'met' if a / x <= TARGET else 'MISSED'} | {b / a:.2f}× | {wall_b:.0f} / {wall_a:.0f} | "
             f"{med(r['startup'] for r in runs['after']):.0f} | {prep_wall:.0f} |"
+            + (
+                f" {med(r['s_per_sample'] for r in runs['bf16']):.3f} | "
+                f"{med(r['s_per_sample'] for r in runs['bf16']) / a:.2f}× | {loss_gap(runs):.2e} |"
+                if runs["bf16"]
+                else " | | |"
+                if args.bf16
+                else ""
+            )
         )
 
 
