@@ -135,3 +135,39 @@ def test_compare_reproduce_prints_a_stored_cells_command(published, tiny_llama):
     proc = _compare([*flags, "--reproduce", "nope"], timeout=300)
     lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1 and "no cell nope" in lines[0], proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_the_circuit_analysis_is_stored_while_the_fine_tune_is_on_disk(tiny_llama, tmp_path, monkeypatch, jobs):
+    """A run stopped after its cells, before its end (the study across sessions on machines whose ft/
+    does not survive): the analysis at n* was stored as the fine-tune's cells finished, so the resumed
+    run, with ft/ gone, reuses it instead of analysing without the fine-tuned model."""
+    import dataclasses
+
+    from iclvsft.circuits import run as circuits_run
+    from iclvsft.compare import results
+
+    out = tmp_path / "run"
+    exp = dataclasses.replace(_experiment(tiny_llama, out), jobs=jobs)
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt  # the session ends after the last cell
+
+    monkeypatch.setattr(results, "write_results", stop)
+    with pytest.raises(KeyboardInterrupt):
+        compare_run.run_compare(exp)
+    monkeypatch.undo()
+    stored = json.loads((out / "circuits" / "parity_pattern" / "circuits.json").read_text())
+    assert stored["settings"]["ft_checkpoint"].endswith("samples-8") and not (out / "results.json").exists()
+    shutil.rmtree(out / "ft")
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the resumed run evaluated, trained or scored something")
+
+    monkeypatch.setattr(compare_run, "evaluate_cell", forbidden)
+    monkeypatch.setattr(compare_run, "ensure_trained", forbidden)
+    monkeypatch.setattr(compare_run, "plan_training", forbidden)
+    monkeypatch.setattr(circuits_run, "score_condition", forbidden)
+    meta = compare_run.run_compare(exp)
+    assert meta["circuits"]["parity_pattern"]["status"] == "done"
+    assert "not on disk" not in (out / "report.md").read_text() and "FT n*=8" in (out / "report.md").read_text()

@@ -24,12 +24,6 @@ def run_circuit_analyses(
     report section's lines and, per task, the result file or why the analysis did not run. A
     missing condition (k* = 0, no FT result) or too few pairs is said in the section, not raised.
     """
-    # Lazy: only a run with circuits on needs the circuits package.
-    from iclvsft.circuits import CircuitsConfig, run_circuits
-    from iclvsft.circuits.report import render_section
-    from iclvsft.circuits.run import stored_result
-    from iclvsft_train.checkpoints import DTYPES as CIRCUIT_DTYPES
-
     lines = [
         "## Circuit shift",
         "",
@@ -43,62 +37,87 @@ def run_circuit_analyses(
     ]
     summary: dict[str, Any] = {}
     for task in exp.tasks:
-        icl = select_best(settings, "icl", task, label)
-        ft = select_best(settings, "ft", task, label)
-        shots = int(icl["shots"]) if icl else 0
-        rel = str(ft["checkpoint"]) if ft and ft.get("checkpoint") else None  # relative to --out
-        checkpoint = str(out / rel) if rel else None
-
-        config = CircuitsConfig(
-            model=model or exp.models[0],
-            task=task,
-            shots=shots,
-            ft_checkpoint=checkpoint,
-            items=exp.circuit_items,
-            out=str(out / "circuits" / task),
-            dtype=exp.dtype if exp.dtype in CIRCUIT_DTYPES else "float32",
-            device=exp.device,
-            data=exp.data,
-            draw=1,
-        )
-        # A stored analysis of the same inputs is reused without loading anything, so a published run
-        # folder (cells and circuit results, no ft/ checkpoints) reruns without the fine-tuned model.
-        reused = stored_result(config, Path(rel).parts) if rel else None
-        notes = []
-        if icl is None:
-            notes.append("there is no ICL result")
-        elif shots == 0:
-            notes.append("k* = 0 (ICL's best validation setting shows no demonstrations), so there is no ICL shift")
-        if ft is None:
-            notes.append("there is no FT result")
-        elif reused is None and (not checkpoint or not Path(checkpoint).is_dir()):
-            notes.append(f"the FT milestone n*={ft['ft_samples']} is not on disk ({rel})")
-            checkpoint = None
-        lines += [f"### `{task}`", ""]
-        lines += [f"Note: {note}." for note in notes] + ([""] if notes else [])
-        if not shots and checkpoint is None:
-            lines += ["Not analysed.", ""]
-            summary[task] = {"status": "not run", "notes": notes}
-            continue
-        try:
-            result = reused or run_circuits(dataclasses.replace(config, ft_checkpoint=checkpoint), reuse=True)
-        except IclvsftError as exc:
-            lines += [f"Not analysed: {exc}.", ""]
-            summary[task] = {"status": "failed", "error": str(exc), "notes": notes}
-            continue
-        n = f", FT n*={ft['ft_samples']} (`{rel}`)" if checkpoint else ""
-        lines += [
-            (
-                f"ICL k*={shots}{n}, chosen on validation. Files: `circuits/{task}/` "
-                f"([report](circuits/{task}/report.md), `circuits.json`)."
-            ),
-            "",
-        ]
-        lines += render_section(result, link_prefix=f"circuits/{task}/", level=4)
-        summary[task] = {
-            "status": "done",
-            "result": f"circuits/{task}/circuits.json",  # relative to --out, as every path the run stores
-            "verdict": result["verdict"],
-            "notes": notes,
-        }
+        task_lines, summary[task] = analyse_task(exp, settings, out, label, task, model)
+        lines += task_lines
     return lines, summary
+
+
+def analyse_task_if_ready(
+    exp: Experiment, settings: Settings, out: Path, label: str, task: str, model: str | None = None
+) -> None:
+    """``task``'s analysis now, once its cells are in and its FT milestone n* is on disk.
+
+    ``iclvsft compare`` calls this as each fine-tune's cells finish, so that the analysis is stored
+    while the checkpoint exists: a run resumed where ``ft/`` is gone (a fresh machine with the
+    published cells) then reuses it at the end instead of analysing without the fine-tuned model.
+    Without n* on disk it does nothing: the run's end says why in the report.
+    """
+    ft = select_best(settings, "ft", task, label)
+    if ft is not None and ft.get("checkpoint") and (out / str(ft["checkpoint"])).is_dir():
+        analyse_task(exp, settings, out, label, task, model)
+
+
+def analyse_task(
+    exp: Experiment, settings: Settings, out: Path, label: str, task: str, model: str | None = None
+) -> tuple[list[str], dict[str, Any]]:
+    """One task's part of :func:`run_circuit_analyses`: its report lines and its summary entry."""
+    # Lazy: only a run with circuits on needs the circuits package.
+    from iclvsft.circuits import CircuitsConfig, run_circuits
+    from iclvsft.circuits.report import render_section
+    from iclvsft.circuits.run import stored_result
+    from iclvsft_train.checkpoints import DTYPES as CIRCUIT_DTYPES
+
+    icl = select_best(settings, "icl", task, label)
+    ft = select_best(settings, "ft", task, label)
+    shots = int(icl["shots"]) if icl else 0
+    rel = str(ft["checkpoint"]) if ft and ft.get("checkpoint") else None  # relative to --out
+    checkpoint = str(out / rel) if rel else None
+
+    config = CircuitsConfig(
+        model=model or exp.models[0],
+        task=task,
+        shots=shots,
+        ft_checkpoint=checkpoint,
+        items=exp.circuit_items,
+        out=str(out / "circuits" / task),
+        dtype=exp.dtype if exp.dtype in CIRCUIT_DTYPES else "float32",
+        device=exp.device,
+        data=exp.data,
+        draw=1,
+    )
+    # A stored analysis of the same inputs is reused without loading anything, so a published run
+    # folder (cells and circuit results, no ft/ checkpoints) reruns without the fine-tuned model.
+    reused = stored_result(config, Path(rel).parts) if rel else None
+    notes = []
+    if icl is None:
+        notes.append("there is no ICL result")
+    elif shots == 0:
+        notes.append("k* = 0 (ICL's best validation setting shows no demonstrations), so there is no ICL shift")
+    if ft is None:
+        notes.append("there is no FT result")
+    elif reused is None and (not checkpoint or not Path(checkpoint).is_dir()):
+        notes.append(f"the FT milestone n*={ft['ft_samples']} is not on disk ({rel})")
+        checkpoint = None
+    lines = [f"### `{task}`", ""]
+    lines += [f"Note: {note}." for note in notes] + ([""] if notes else [])
+    if not shots and checkpoint is None:
+        return lines + ["Not analysed.", ""], {"status": "not run", "notes": notes}
+    try:
+        result = reused or run_circuits(dataclasses.replace(config, ft_checkpoint=checkpoint), reuse=True)
+    except IclvsftError as exc:
+        return lines + [f"Not analysed: {exc}.", ""], {"status": "failed", "error": str(exc), "notes": notes}
+    n = f", FT n*={ft['ft_samples']} (`{rel}`)" if checkpoint else ""
+    lines += [
+        (
+            f"ICL k*={shots}{n}, chosen on validation. Files: `circuits/{task}/` "
+            f"([report](circuits/{task}/report.md), `circuits.json`)."
+        ),
+        "",
+    ]
+    lines += render_section(result, link_prefix=f"circuits/{task}/", level=4)
+    return lines, {
+        "status": "done",
+        "result": f"circuits/{task}/circuits.json",  # relative to --out, as every path the run stores
+        "verdict": result["verdict"],
+        "notes": notes,
+    }

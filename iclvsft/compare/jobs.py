@@ -243,10 +243,15 @@ def run_parallel(
     jobs: int,
     new_bar: Callable[[], Any],
     records: dict[str, dict[str, Any]],
+    after_training: Callable[[Training], bool] | None = None,
 ) -> int:
     """Evaluate ``todo`` (training what it needs) in up to ``jobs`` workers, adding each cell's record
     to ``records``; returns the workers' torch threads. The bar starts once a worker is ready, so a
-    model that fails to load fails with its one line before any bar."""
+    model that fails to load fails with its one line before any bar.
+
+    ``after_training(training)`` is called in this process once the fine-tune's FT cells are all in,
+    and again after later units until it returns True (it may need the ICL cells too); the workers go
+    on with their units meanwhile."""
     ready, waiting = plan_units(run, todo, trainings, logging_flags)
     size = min(jobs, len(ready) + sum(map(len, waiting.values())))
     threads = worker_threads()
@@ -275,6 +280,21 @@ def run_parallel(
             except queue.Empty:
                 return
 
+    hooks = list(trainings) if after_training else []  # fine-tunes whose after_training is still due
+
+    def call_hooks() -> None:
+        import torch
+
+        pending = {u.training.name for u in [*ready, *in_flight.values()] if u.training} | set(waiting)
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)  # the workers hold the cores: this process takes one worker's share
+        try:
+            for training in [t for t in hooks if t.name not in pending]:
+                if after_training(training):
+                    hooks.remove(training)
+        finally:
+            torch.set_num_threads(before)
+
     try:
         while ready or in_flight:
             while ready and len(in_flight) < size:
@@ -297,6 +317,10 @@ def run_parallel(
                 del in_flight[future]
                 if unit.kind == "train":
                     ready[:0] = waiting.pop(unit.training.name)  # its milestones next, before ICL
+            if done and hooks:
+                call_hooks()
+        if hooks:
+            call_hooks()  # nothing was left to run
         executor.shutdown(wait=True)
     except BaseException as exc:
         _stop(executor, processes)

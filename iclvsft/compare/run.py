@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import hashlib
 import json
 import os
@@ -542,8 +543,10 @@ def _run_in_process(
     logging_flags: dict[str, list[str]],
     new_bar: Callable[[], Any],
     records: dict[str, dict[str, Any]],
+    after_training: Callable[[Training], Any] = lambda training: None,
 ) -> None:
-    """``jobs`` 1: every cell in this process, ICL first, then each fine-tune and its milestones."""
+    """``jobs`` 1: every cell in this process, ICL first, then each fine-tune and its milestones
+    (``after_training`` is called as each fine-tune's cells are in)."""
     exp, model_path = run.exp, run.model_path
     runner = CellRunner(run)
     icl_todo = [c for c in todo if c.condition == "icl"]
@@ -562,6 +565,7 @@ def _run_in_process(
         for training in trainings:
             ft_todo = [c for c in todo if c.training == training]
             if not ft_todo:
+                after_training(training)  # stored by an earlier run, which may have stopped before this
                 continue
             bar.set_postfix_str(f"training {training.name}")
             trained = ensure_trained(exp, model_path, training, logging_flags.get(training.name, []))
@@ -574,6 +578,8 @@ def _run_in_process(
                     bar.set_postfix_str(ft_label(cell))
                     finish(cell, lm, extra)
                 del lm
+            bar.set_postfix_str(f"after {training.name}")
+            after_training(training)
     finally:
         bar.close()  # ends the bar's line, so an error message starts on its own
 
@@ -637,6 +643,22 @@ def _parameters(model_path: str) -> int | None:
         return sum(p.numel() for p in model.parameters())
     except Exception:  # a size is only a plot's axis: an unreadable config places the model by order
         return None
+
+
+def _circuits_if_ready(plan: ModelRun, records: dict[str, dict[str, Any]], training: Training) -> bool:
+    """The circuit analysis of ``training``'s tasks, once every cell of them (``plan``'s model, every
+    recipe, ICL too: k* and n* are chosen over all of them) is in ``records``; False while some are not."""
+    from iclvsft.compare.circuit_section import analyse_task_if_ready
+    from iclvsft.compare.records import Settings
+
+    run = plan.run
+    mine = {c: records.get(run.key_of(c)) for c in plan.cells if c.task in training.tasks}
+    if any(r is None for r in mine.values()):
+        return False
+    for task in training.tasks:
+        settings = Settings.aggregate([r for c, r in mine.items() if c.task == task])
+        analyse_task_if_ready(run.exp, settings, run.out, run.label, task, model=run.exp.models[0])
+    return True
 
 
 def run_compare(
@@ -717,11 +739,14 @@ def _compare_locked(
                 total=len(cells), initial=len(cells) - len(todo), desc=desc, unit="cell", file=sys.stderr
             )
 
+        # The circuit analysis of the first model's tasks runs as their fine-tunes finish, while the
+        # checkpoints are on disk; the run's end reuses it (and analyses what this could not).
+        hook = functools.partial(_circuits_if_ready, plan, records) if exp.circuits and plan is plans[0] else None
         if jobs > 1 and todo:
-            threads = run_parallel(run, todo, trainings, logging_flags, jobs, new_bar, records)
+            threads = run_parallel(run, todo, trainings, logging_flags, jobs, new_bar, records, hook)
         else:
             threads = pin_cpu_threads(_device(exp))  # 2 busy cores ran 6-30x slower with 2 threads than 1
-            _run_in_process(run, todo, trainings, logging_flags, new_bar, records)
+            _run_in_process(run, todo, trainings, logging_flags, new_bar, records, hook or (lambda training: None))
     current = sorted(records.values(), key=lambda r: r["key"])
     labels = [p.run.label for p in plans]
     several = len(plans) > 1
