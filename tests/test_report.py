@@ -501,3 +501,20 @@ def test_the_figure_across_models(run_dir, tmp_path):
     text = write_report(settings, tmp_path / "both", meta, base_dir=out).read_text()
     assert text.index("— other-model") < text.index(f"— {MODEL}")  # the run's order of models
     assert "](plots/models.png)" in text and (tmp_path / "both" / "plots" / "models.png").is_file()
+
+
+def test_the_constant_answer_is_each_splits_most_frequent_gold(tmp_path):
+    from iclvsft.compare.verdicts import constant_answer
+
+    recs = [cell(tmp_path, "icl", "relation_pattern", "test", k, outcomes(1, 5)) for k in (0, 2)]
+    golds = ["False", "True", "False", "True", "False"]
+    for rec in recs[1:]:  # the first cell's file is gone: the second one's golds are read
+        path = tmp_path / rec["predictions"]
+        rows = [dict(json.loads(line), answer=g) for line, g in zip(path.read_text().splitlines(), golds)]
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / recs[0]["predictions"]).unlink()
+    const = constant_answer(Settings.aggregate(recs), "relation_pattern", "test", tmp_path)
+    assert (const.answer, const.correct, const.n, const.accuracy) == ("False", 3, 5, 0.6)
+    assert constant_answer(Settings.aggregate(recs), "relation_pattern", "validation", tmp_path) is None
+    text = write_report(Settings.aggregate(recs), tmp_path / "r", META, base_dir=tmp_path, plots=False).read_text()
+    assert "| `relation_pattern` | test | `False` | 0.600 (3/5) |" in text

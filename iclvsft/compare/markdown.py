@@ -31,7 +31,7 @@ from iclvsft.compare.records import (
     split_rank,
 )
 from iclvsft.compare.stats import McNemarResult
-from iclvsft.compare.verdicts import ALPHA, Comparison, compare, format_p
+from iclvsft.compare.verdicts import ALPHA, Comparison, compare, constant_answer, format_p
 from iclvsft_tasks.atomic import atomic_write_text
 
 
@@ -60,6 +60,33 @@ def _n_star(rec: Mapping[str, Any] | None) -> str:
     if rec is None:
         return "–"
     return f"{knob(rec)}" + (f" ({rec['recipe']})" if rec.get("recipe") else "")
+
+
+def _constant_answer_lines(settings: Settings, tasks: Sequence[str], base: Path) -> list[str]:
+    """What always giving each split's most frequent gold answer scores: the floor a side must clear."""
+    rows = []
+    for t in tasks:
+        for s in ("validation", *VERDICT_SPLITS):
+            const = constant_answer(settings, t, s, base)
+            if const is not None:
+                rows.append(f"| `{t}` | {s} | `{const.answer}` | {const.accuracy:.3f} ({const.correct}/{const.n}) |")
+    if not rows:
+        return []
+    return [
+        "## Constant answers",
+        "",
+        (
+            "The accuracy of always giving a split's most frequent gold answer (read from the stored predictions; "
+            "the same items for every model): a side that scores near it may have learnt which answer is common, "
+            "not the task. On a split whose items all share one gold answer, a model that always gives it scores "
+            "1.000 without reading the items."
+        ),
+        "",
+        "| task | split | most frequent answer | accuracy of always giving it |",
+        "|---|---|---|---|",
+        *rows,
+        "",
+    ]
 
 
 def _pattern_use_lines(comparisons: Mapping[tuple[str, str, str], Comparison]) -> list[str]:
@@ -229,6 +256,7 @@ def write_report(
         )
     lines.append("")
     lines += _pattern_use_lines(comparisons)
+    lines += _constant_answer_lines(settings, tasks, base)
     if several:
         if plots:
             plot_models(settings, tasks, models, out / MODELS_PLOT, meta.get("model_parameters") or {})

@@ -137,6 +137,42 @@ def paired_test(
     return paired_sign_flip([icl_out[i] for i in shared], [ft_out[i] for i in shared], resolution), note
 
 
+@dataclass(frozen=True)
+class ConstantAnswer:
+    """What always giving one answer scores on a split: its most frequent gold answer."""
+
+    answer: str
+    correct: int
+    n: int
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.n
+
+
+def constant_answer(
+    settings: Settings, task: str, split: str, base_dir: str | os.PathLike[str]
+) -> ConstantAnswer | None:
+    """The split's most frequent gold answer and how many items have it, read from the first stored
+    cell of ``task`` on ``split`` whose predictions can be read (every cell of a split holds the same
+    items; ties: the answer seen first). None when no cell's predictions can be read."""
+    for rec in settings:
+        if rec["task"] != task or rec["split"] != split:
+            continue
+        rels = rec.get("predictions")
+        for rel in rels if isinstance(rels, list) else [rels]:
+            path = _predictions_path({"predictions": rel}, Path(base_dir))
+            try:
+                with open(path, encoding="utf-8") as handle:  # type: ignore[arg-type]
+                    golds = [str(json.loads(line)["answer"]) for line in handle if line.strip()]
+            except (OSError, TypeError, ValueError, KeyError):
+                continue
+            if golds:
+                answer = max(dict.fromkeys(golds), key=golds.count)
+                return ConstantAnswer(answer, golds.count(answer), len(golds))
+    return None
+
+
 def format_p(p: float) -> str:
     """p-values: four decimals, scientific below 1e-4."""
     return f"{p:.4f}" if p >= 1e-4 else f"{p:.1e}"
