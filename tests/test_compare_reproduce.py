@@ -171,3 +171,22 @@ def test_the_circuit_analysis_is_stored_while_the_fine_tune_is_on_disk(tiny_llam
     meta = compare_run.run_compare(exp)
     assert meta["circuits"]["parity_pattern"]["status"] == "done"
     assert "not on disk" not in (out / "report.md").read_text() and "FT n*=8" in (out / "report.md").read_text()
+
+
+def test_a_failed_early_circuit_analysis_stops_no_cell(tiny_llama, tmp_path, monkeypatch, capsys):
+    """An unexpected error in the analysis run as the fine-tune finishes is one line; the run goes on and
+    its end analyses the task again."""
+    import iclvsft.circuits
+
+    real, calls = iclvsft.circuits.run_circuits, []
+
+    def fails_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(iclvsft.circuits, "run_circuits", fails_once)
+    meta = compare_run.run_compare(_experiment(tiny_llama, tmp_path / "run"))
+    assert "the circuit analysis of parity_pattern failed (RuntimeError: boom)" in capsys.readouterr().err
+    assert len(calls) == 2 and meta["circuits"]["parity_pattern"]["status"] == "done"

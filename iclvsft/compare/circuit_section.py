@@ -6,6 +6,7 @@ Runs before ``report.md`` is written, which then ends with the section's lines.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -50,11 +51,19 @@ def analyse_task_if_ready(
     ``iclvsft compare`` calls this as each fine-tune's cells finish, so that the analysis is stored
     while the checkpoint exists: a run resumed where ``ft/`` is gone (a fresh machine with the
     published cells) then reuses it at the end instead of analysing without the fine-tuned model.
-    Without n* on disk it does nothing: the run's end says why in the report.
+    Without n* on disk it does nothing: the run's end says why in the report. An unexpected failure
+    is said in one line and left to the run's end, so that it cannot stop the cells still to run.
     """
     ft = select_best(settings, "ft", task, label)
     if ft is not None and ft.get("checkpoint") and (out / str(ft["checkpoint"])).is_dir():
-        analyse_task(exp, settings, out, label, task, model)
+        try:
+            analyse_task(exp, settings, out, label, task, model)
+        except Exception as exc:  # the cells come first; the end of the run tries again
+            print(
+                f"iclvsft compare: the circuit analysis of {task} failed ({type(exc).__name__}: {exc}); "
+                "it is tried again at the end of the run",
+                file=sys.stderr,
+            )
 
 
 def analyse_task(
