@@ -37,6 +37,24 @@ def _experiment(model: Path, out: Path) -> Experiment:
     )
 
 
+def _forbid_work(monkeypatch, what: str):
+    """Make evaluating a cell, training, planning a fine-tune or scoring a circuit condition fail;
+    returns the failing stand-in, for the caller to forbid more."""
+    from iclvsft.circuits import run as circuits_run
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError(f"{what} evaluated, trained or scored something")
+
+    for module, name in [
+        (compare_run, "evaluate_cell"),
+        (compare_run, "ensure_trained"),
+        (compare_run, "plan_training"),
+        (circuits_run, "score_condition"),
+    ]:
+        monkeypatch.setattr(module, name, forbidden)
+    return forbidden
+
+
 @pytest.fixture(scope="module")
 def published(tiny_llama, tmp_path_factory):
     out = tmp_path_factory.mktemp("reproduce") / "run"
@@ -98,13 +116,7 @@ def test_a_rerun_without_the_checkpoints_evaluates_nothing_and_writes_the_same(p
     shutil.copytree(out, copy, ignore=shutil.ignore_patterns("ft", REPRODUCE_DIR, ".iclvsft.lock"))
     cells = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in (copy / "cells").iterdir()}
 
-    def forbidden(*args, **kwargs):
-        raise AssertionError("a rerun of a published run evaluated, trained or scored something")
-
-    monkeypatch.setattr(compare_run, "evaluate_cell", forbidden)
-    monkeypatch.setattr(compare_run, "ensure_trained", forbidden)
-    monkeypatch.setattr(compare_run, "plan_training", forbidden)
-    monkeypatch.setattr(circuits_run, "score_condition", forbidden)
+    forbidden = _forbid_work(monkeypatch, "a rerun of a published run")
     monkeypatch.setattr(circuits_run, "load_causal_lm", forbidden)
     second = compare_run.run_compare(_experiment(tiny_llama, copy))
     assert (copy / "results.json").read_text() == (out / "results.json").read_text()
@@ -144,7 +156,6 @@ def test_the_circuit_analysis_is_stored_while_the_fine_tune_is_on_disk(tiny_llam
     run, with ft/ gone, reuses it instead of analysing without the fine-tuned model."""
     import dataclasses
 
-    from iclvsft.circuits import run as circuits_run
     from iclvsft.compare import results
 
     out = tmp_path / "run"
@@ -161,13 +172,7 @@ def test_the_circuit_analysis_is_stored_while_the_fine_tune_is_on_disk(tiny_llam
     assert stored["settings"]["ft_checkpoint"].endswith("samples-8") and not (out / "results.json").exists()
     shutil.rmtree(out / "ft")
 
-    def forbidden(*args, **kwargs):
-        raise AssertionError("the resumed run evaluated, trained or scored something")
-
-    monkeypatch.setattr(compare_run, "evaluate_cell", forbidden)
-    monkeypatch.setattr(compare_run, "ensure_trained", forbidden)
-    monkeypatch.setattr(compare_run, "plan_training", forbidden)
-    monkeypatch.setattr(circuits_run, "score_condition", forbidden)
+    _forbid_work(monkeypatch, "the resumed run")
     meta = compare_run.run_compare(exp)
     assert meta["circuits"]["parity_pattern"]["status"] == "done"
     assert "not on disk" not in (out / "report.md").read_text() and "FT n*=8" in (out / "report.md").read_text()

@@ -33,6 +33,7 @@ from iclvsft.compare.records import (
 from iclvsft.compare.stats import McNemarResult
 from iclvsft.compare.verdicts import ALPHA, Comparison, compare, constant_answer, format_p
 from iclvsft_tasks.atomic import atomic_write_text
+from iclvsft_tasks.data.spec import HELD_OUT_SPLITS
 
 
 def _acc_ci(rec: Mapping[str, Any] | None) -> str:
@@ -66,7 +67,7 @@ def _constant_answer_lines(settings: Settings, tasks: Sequence[str], base: Path)
     """What always giving each split's most frequent gold answer scores: the floor a side must clear."""
     rows = []
     for t in tasks:
-        for s in ("validation", *VERDICT_SPLITS):
+        for s in HELD_OUT_SPLITS:
             const = constant_answer(settings, t, s, base)
             if const is not None:
                 rows.append(f"| `{t}` | {s} | `{const.answer}` | {const.accuracy:.3f} ({const.correct}/{const.n}) |")

@@ -543,7 +543,7 @@ def _run_in_process(
     logging_flags: dict[str, list[str]],
     new_bar: Callable[[], Any],
     records: dict[str, dict[str, Any]],
-    after_training: Callable[[Training], Any] = lambda training: None,
+    after_training: Callable[[Training], Any] | None = None,
 ) -> None:
     """``jobs`` 1: every cell in this process, ICL first, then each fine-tune and its milestones
     (``after_training`` is called as each fine-tune's cells are in)."""
@@ -565,7 +565,8 @@ def _run_in_process(
         for training in trainings:
             ft_todo = [c for c in todo if c.training == training]
             if not ft_todo:
-                after_training(training)  # stored by an earlier run, which may have stopped before this
+                if after_training:  # stored by an earlier run, which may have stopped before this
+                    after_training(training)
                 continue
             bar.set_postfix_str(f"training {training.name}")
             trained = ensure_trained(exp, model_path, training, logging_flags.get(training.name, []))
@@ -578,8 +579,9 @@ def _run_in_process(
                     bar.set_postfix_str(ft_label(cell))
                     finish(cell, lm, extra)
                 del lm
-            bar.set_postfix_str(f"after {training.name}")
-            after_training(training)
+            if after_training:
+                bar.set_postfix_str(f"after {training.name}")
+                after_training(training)
     finally:
         bar.close()  # ends the bar's line, so an error message starts on its own
 
@@ -746,7 +748,7 @@ def _compare_locked(
             threads = run_parallel(run, todo, trainings, logging_flags, jobs, new_bar, records, hook)
         else:
             threads = pin_cpu_threads(_device(exp))  # 2 busy cores ran 6-30x slower with 2 threads than 1
-            _run_in_process(run, todo, trainings, logging_flags, new_bar, records, hook or (lambda training: None))
+            _run_in_process(run, todo, trainings, logging_flags, new_bar, records, hook)
     current = sorted(records.values(), key=lambda r: r["key"])
     labels = [p.run.label for p in plans]
     several = len(plans) > 1
