@@ -178,6 +178,39 @@ def test_the_circuit_analysis_is_stored_while_the_fine_tune_is_on_disk(tiny_llam
     assert "not on disk" not in (out / "report.md").read_text() and "FT n*=8" in (out / "report.md").read_text()
 
 
+def test_a_lost_fine_tune_is_trained_again_for_its_circuit_analysis(tiny_llama, tmp_path, monkeypatch, capsys):
+    """A run whose machine lost ft/ before the analysis at n* was stored (the cells are in, the analysis
+    is not): the resumed run evaluates no cell, trains that fine-tune again from the same data and seed,
+    and analyses with it instead of without the fine-tuned model."""
+    from iclvsft.compare import circuit_section, results
+
+    out = tmp_path / "run"
+    exp = _experiment(tiny_llama, out)
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(circuit_section, "analyse_task_if_ready", lambda *a, **k: None)  # stopped before it
+    monkeypatch.setattr(results, "write_results", stop)
+    with pytest.raises(KeyboardInterrupt):
+        compare_run.run_compare(exp)
+    monkeypatch.undo()
+    assert not (out / "circuits" / "parity_pattern" / "circuits.json").exists()
+    shutil.rmtree(out / "ft")
+    capsys.readouterr()
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the resumed run evaluated a cell")
+
+    monkeypatch.setattr(compare_run, "evaluate_cell", forbidden)
+    meta = compare_run.run_compare(exp)
+    assert "needs FT n*=8" in capsys.readouterr().err
+    assert (out / "ft").is_dir() and meta["circuits"]["parity_pattern"]["status"] == "done"
+    stored = json.loads((out / "circuits" / "parity_pattern" / "circuits.json").read_text())
+    assert stored["settings"]["ft_checkpoint"].endswith("samples-8")
+    assert "not on disk" not in (out / "report.md").read_text() and "FT n*=8" in (out / "report.md").read_text()
+
+
 def test_a_failed_early_circuit_analysis_stops_no_cell(tiny_llama, tmp_path, monkeypatch, capsys):
     """An unexpected error in the analysis run as the fine-tune finishes is one line; the run goes on and
     its end analyses the task again."""

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from iclvsft.compare.config import Experiment
-from iclvsft.compare.records import Settings, select_best
+from iclvsft.compare.records import Record, Settings, select_best
 from iclvsft_tasks.errors import IclvsftError
 
 
@@ -51,7 +51,7 @@ def analyse_task_if_ready(
     ``iclvsft compare`` calls this as each fine-tune's cells finish, so that the analysis is stored
     while the checkpoint exists: a run resumed where ``ft/`` is gone (a fresh machine with the
     published cells) then reuses it at the end instead of analysing without the fine-tuned model.
-    Without n* on disk it does nothing: the run's end says why in the report. An unexpected failure
+    Without n* on disk it does nothing: the run's end trains it again first. An unexpected failure
     is said in one line and left to the run's end, so that it cannot stop the cells still to run.
     """
     ft = select_best(settings, "ft", task, label)
@@ -66,27 +66,22 @@ def analyse_task_if_ready(
             )
 
 
-def analyse_task(
-    exp: Experiment, settings: Settings, out: Path, label: str, task: str, model: str | None = None
-) -> tuple[list[str], dict[str, Any]]:
-    """One task's part of :func:`run_circuit_analyses`: its report lines and its summary entry."""
-    # Lazy: only a run with circuits on needs the circuits package.
-    from iclvsft.circuits import CircuitsConfig, run_circuits
-    from iclvsft.circuits.report import render_section
-    from iclvsft.circuits.run import stored_result
+def _config(
+    exp: Experiment, settings: Settings, out: Path, label: str, task: str, model: str | None
+) -> tuple[Any, Record | None, Record | None, str | None]:
+    """``task``'s analysis settings at the validation-chosen k* and n*, with the ICL and FT records
+    chosen and n*'s checkpoint relative to ``out`` (None without an FT result)."""
+    from iclvsft.circuits import CircuitsConfig
     from iclvsft_train.checkpoints import DTYPES as CIRCUIT_DTYPES
 
     icl = select_best(settings, "icl", task, label)
     ft = select_best(settings, "ft", task, label)
-    shots = int(icl["shots"]) if icl else 0
-    rel = str(ft["checkpoint"]) if ft and ft.get("checkpoint") else None  # relative to --out
-    checkpoint = str(out / rel) if rel else None
-
+    rel = str(ft["checkpoint"]) if ft and ft.get("checkpoint") else None
     config = CircuitsConfig(
         model=model or exp.models[0],
         task=task,
-        shots=shots,
-        ft_checkpoint=checkpoint,
+        shots=int(icl["shots"]) if icl else 0,
+        ft_checkpoint=str(out / rel) if rel else None,
         items=exp.circuit_items,
         out=str(out / "circuits" / task),
         dtype=exp.dtype if exp.dtype in CIRCUIT_DTYPES else "float32",
@@ -94,6 +89,33 @@ def analyse_task(
         data=exp.data,
         draw=1,
     )
+    return config, icl, ft, rel
+
+
+def missing_checkpoint(
+    exp: Experiment, settings: Settings, out: Path, label: str, task: str, model: str | None = None
+) -> Record | None:
+    """The FT record chosen at n* when ``task``'s analysis is not stored and needs its checkpoint,
+    which is not on disk (a run resumed on a machine where ``ft/`` is gone); else None."""
+    from iclvsft.circuits.run import stored_result
+
+    config, _, ft, rel = _config(exp, settings, out, label, task, model)
+    if rel is None or Path(config.ft_checkpoint).is_dir():
+        return None
+    return ft if stored_result(config, Path(rel).parts) is None else None
+
+
+def analyse_task(
+    exp: Experiment, settings: Settings, out: Path, label: str, task: str, model: str | None = None
+) -> tuple[list[str], dict[str, Any]]:
+    """One task's part of :func:`run_circuit_analyses`: its report lines and its summary entry."""
+    # Lazy: only a run with circuits on needs the circuits package.
+    from iclvsft.circuits import run_circuits
+    from iclvsft.circuits.report import render_section
+    from iclvsft.circuits.run import stored_result
+
+    config, icl, ft, rel = _config(exp, settings, out, label, task, model)
+    shots, checkpoint = config.shots, config.ft_checkpoint
     # A stored analysis of the same inputs is reused without loading anything, so a published run
     # folder (cells and circuit results, no ft/ checkpoints) reruns without the fine-tuned model.
     reused = stored_result(config, Path(rel).parts) if rel else None

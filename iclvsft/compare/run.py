@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from iclvsft.compare.config import Experiment
-from iclvsft.compare.records import has_pattern_use, mark_pattern_use, pattern_use
+from iclvsft.compare.records import Settings, has_pattern_use, mark_pattern_use, pattern_use
 from iclvsft_tasks.atomic import atomic_open, atomic_write_text, ensure_output_dir
 from iclvsft_tasks.cliutil import pin_cpu_threads, resolve_device, verbose
 from iclvsft_tasks.data.spec import HELD_OUT_SPLITS
@@ -663,6 +663,39 @@ def _circuits_if_ready(plan: ModelRun, records: dict[str, dict[str, Any]], train
     return True
 
 
+def _restore_for_circuits(plan: ModelRun, settings: Settings) -> None:
+    """Train again each fine-tune of ``plan`` whose n* milestone a circuit analysis still to run needs
+    and that is not on disk (the run resumed on a machine whose ``ft/`` is gone before the analysis was
+    stored): the same data, seed and settings give the milestone whose cells are stored, which its
+    training-token count checks."""
+    from iclvsft.compare.circuit_section import missing_checkpoint
+
+    run = plan.run
+    exp = run.exp
+    for task in exp.tasks:
+        ft = missing_checkpoint(exp, settings, run.out, run.label, task, model=exp.models[0])
+        if ft is None:
+            continue
+        rel = Path(str(ft["checkpoint"]))  # ft/<training>/milestones/samples-<n>
+        training = next((t for t in plan.trainings if t.name in rel.parts), None)
+        if training is None:
+            continue  # a record of another configuration: the section says the milestone is missing
+        samples = int(ft["ft_samples"])
+        print(
+            f"iclvsft compare: the circuit analysis of {task} needs FT n*={samples} ({rel}), which is not on disk; "
+            f"training {training.name} again (same data and seed)",
+            file=sys.stderr,
+        )
+        trained = ensure_trained(exp, run.model_path, training, plan_training(exp, run.model_path, training))
+        tokens = trained.milestone(samples).training_tokens()
+        if tokens != ft.get("train_tokens"):
+            raise IclvsftError(
+                f"fine-tune {training.name} trained again saw {tokens} training tokens at n={samples}, "
+                f"its stored cells {ft.get('train_tokens')}: it is not the model they measured; "
+                f"delete {run.out / FT_DIR / training.name} and its FT cells to start it over"
+            )
+
+
 def run_compare(
     exp: Experiment, command: Sequence[str] = (), make_bar: Callable[..., Any] | None = None
 ) -> dict[str, Any]:
@@ -783,6 +816,8 @@ def _compare_locked(
     paths, device = {p.run.label: p.run.model_path for p in plans}, _device(exp)
     write_results([{**r, "reproduce": reproduce_command(exp, r, paths[r["model"]], device)} for r in current], out)
     settings = Settings.aggregate(current)
+    if exp.circuits:
+        _restore_for_circuits(plans[0], settings)
     # The circuit-shift analysis runs on the first model (the study's default model).
     circuit_lines, circuits = (
         run_circuit_analyses(exp, settings, out, labels[0], model=exp.models[0]) if exp.circuits else ([], None)
