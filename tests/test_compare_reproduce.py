@@ -211,6 +211,30 @@ def test_a_lost_fine_tune_is_trained_again_for_its_circuit_analysis(tiny_llama, 
     assert "not on disk" not in (out / "report.md").read_text() and "FT n*=8" in (out / "report.md").read_text()
 
 
+def test_a_lost_fine_tune_is_not_trained_again_when_too_few_pairs_match(tiny_llama, tmp_path, monkeypatch):
+    """The same loss, for a task whose analysis cannot run (too few clean/corrupt pairs match, as for
+    code_pattern's numeric answers): nothing is trained for it."""
+    import dataclasses
+
+    from iclvsft.compare import results
+
+    out = tmp_path / "run"
+    exp = dataclasses.replace(_experiment(tiny_llama, out), circuit_items=500)  # more pairs than 40 x 40 items hold
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(results, "write_results", stop)
+    with pytest.raises(KeyboardInterrupt):
+        compare_run.run_compare(exp)
+    monkeypatch.undo()
+    shutil.rmtree(out / "ft")
+
+    _forbid_work(monkeypatch, "the resumed run")
+    meta = compare_run.run_compare(exp)
+    assert meta["circuits"]["parity_pattern"]["status"] != "done" and not (out / "ft").exists()
+
+
 def test_a_failed_early_circuit_analysis_stops_no_cell(tiny_llama, tmp_path, monkeypatch, capsys):
     """An unexpected error in the analysis run as the fine-tune finishes is one line; the run goes on and
     its end analyses the task again."""

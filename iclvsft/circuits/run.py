@@ -277,6 +277,16 @@ def stored_result(config: CircuitsConfig, ft_suffix: tuple[str, ...] = ()) -> di
     return _previous(Path(config.out), settings_of(config, resolve_model(config.model), ft), ft_suffix)
 
 
+def find_pairs(config: CircuitsConfig, model_path: str | None = None) -> dict[int, list[Pair]]:
+    """The analysis's clean/corrupt pairs at 0 and k shots, from the base model's tokenizer alone (no
+    weights): IclvsftError, saying how many matched, when fewer than ``config.items`` do."""
+    from iclvsft.models import resolve_model
+
+    tokenizer = load_tokenizer(model_path or resolve_model(config.model))
+    shot_counts = [0, config.shots] if config.shots else [0]
+    return make_pairs(config.task, tokenizer, shot_counts, config.items, config.data, config.draw)
+
+
 def run_circuits(config: CircuitsConfig, reuse: bool = False) -> dict[str, Any]:
     """Run the analysis, write ``circuits.json``, the heatmaps and ``report.md`` into ``config.out``.
 
@@ -301,9 +311,7 @@ def run_circuits(config: CircuitsConfig, reuse: bool = False) -> dict[str, Any]:
         old = _previous(out, settings)
         if old is not None:
             return old
-    tokenizer = load_tokenizer(model_path)
-    shot_counts = [0, config.shots] if config.shots else [0]
-    pairs = make_pairs(config.task, tokenizer, shot_counts, config.items, config.data, config.draw)
+    pairs = find_pairs(config, model_path)
     ensure_output_dir(out)  # once the inputs are known to be good: no empty folder after a mistake
     device = resolve_device(config.device)
     threads = pin_cpu_threads(device)
@@ -379,7 +387,7 @@ def run_circuits(config: CircuitsConfig, reuse: bool = False) -> dict[str, Any]:
         "ft_checkpoint": ft,
         "architecture": architecture,
         "pairs": [
-            {**pairs[0][i].to_dict(), "tokens": {str(k): len(pairs[k][i].clean_ids) for k in shot_counts}}
+            {**pairs[0][i].to_dict(), "tokens": {str(k): len(pairs[k][i].clean_ids) for k in pairs}}
             for i in range(len(pairs[0]))
         ],
         "conditions": conditions,

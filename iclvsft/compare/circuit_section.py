@@ -57,13 +57,16 @@ def analyse_task_if_ready(
     ft = select_best(settings, "ft", task, label)
     if ft is not None and ft.get("checkpoint") and (out / str(ft["checkpoint"])).is_dir():
         try:
-            analyse_task(exp, settings, out, label, task, model)
+            _, summary = analyse_task(exp, settings, out, label, task, model)
         except Exception as exc:  # the cells come first; the end of the run tries again
             print(
                 f"iclvsft compare: the circuit analysis of {task} failed ({type(exc).__name__}: {exc}); "
                 "it is tried again at the end of the run",
                 file=sys.stderr,
             )
+            return
+        if summary["status"] == "failed":  # e.g. too few pairs match: the report's section says it too
+            print(f"iclvsft compare: the circuit analysis of {task} cannot run: {summary['error']}", file=sys.stderr)
 
 
 def _config(
@@ -96,13 +99,19 @@ def missing_checkpoint(
     exp: Experiment, settings: Settings, out: Path, label: str, task: str, model: str | None = None
 ) -> Record | None:
     """The FT record chosen at n* when ``task``'s analysis is not stored and needs its checkpoint,
-    which is not on disk (a run resumed on a machine where ``ft/`` is gone); else None."""
-    from iclvsft.circuits.run import stored_result
+    which is not on disk (a run resumed on a machine where ``ft/`` is gone); else None. Also None
+    when too few pairs match for the analysis to run at all (said in the section): retraining a
+    fine-tune for an analysis that cannot run would cost hours for nothing."""
+    from iclvsft.circuits.run import find_pairs, stored_result
 
     config, _, ft, rel = _config(exp, settings, out, label, task, model)
-    if rel is None or Path(config.ft_checkpoint).is_dir():
+    if rel is None or Path(config.ft_checkpoint).is_dir() or stored_result(config, Path(rel).parts) is not None:
         return None
-    return ft if stored_result(config, Path(rel).parts) is None else None
+    try:
+        find_pairs(config)
+    except IclvsftError:
+        return None
+    return ft
 
 
 def analyse_task(
