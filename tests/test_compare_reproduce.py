@@ -55,6 +55,24 @@ def _forbid_work(monkeypatch, what: str):
     return forbidden
 
 
+def _stop_after_the_cells(monkeypatch, exp: Experiment, *patches: tuple[object, str, object]) -> None:
+    """Run ``exp`` until its cells are in and stop it there, before results.json (a session that ends
+    after the last cell), with ``patches`` (module, name, value) applied meanwhile;
+    the caller deletes ``ft/``, as a fresh machine would."""
+    from iclvsft.compare import results
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    for module, name, value in patches:
+        monkeypatch.setattr(module, name, value)
+    monkeypatch.setattr(results, "write_results", stop)
+    with pytest.raises(KeyboardInterrupt):
+        compare_run.run_compare(exp)
+    monkeypatch.undo()
+    assert not (Path(exp.out) / "results.json").exists()
+
+
 @pytest.fixture(scope="module")
 def published(tiny_llama, tmp_path_factory):
     out = tmp_path_factory.mktemp("reproduce") / "run"
@@ -156,20 +174,11 @@ def test_the_circuit_analysis_is_stored_while_the_fine_tune_is_on_disk(tiny_llam
     run, with ft/ gone, reuses it instead of analysing without the fine-tuned model."""
     import dataclasses
 
-    from iclvsft.compare import results
-
     out = tmp_path / "run"
     exp = dataclasses.replace(_experiment(tiny_llama, out), jobs=jobs)
-
-    def stop(*args, **kwargs):
-        raise KeyboardInterrupt  # the session ends after the last cell
-
-    monkeypatch.setattr(results, "write_results", stop)
-    with pytest.raises(KeyboardInterrupt):
-        compare_run.run_compare(exp)
-    monkeypatch.undo()
+    _stop_after_the_cells(monkeypatch, exp)
     stored = json.loads((out / "circuits" / "parity_pattern" / "circuits.json").read_text())
-    assert stored["settings"]["ft_checkpoint"].endswith("samples-8") and not (out / "results.json").exists()
+    assert stored["settings"]["ft_checkpoint"].endswith("samples-8")
     shutil.rmtree(out / "ft")
 
     _forbid_work(monkeypatch, "the resumed run")
@@ -182,19 +191,12 @@ def test_a_lost_fine_tune_is_trained_again_for_its_circuit_analysis(tiny_llama, 
     """A run whose machine lost ft/ before the analysis at n* was stored (the cells are in, the analysis
     is not): the resumed run evaluates no cell, trains that fine-tune again from the same data and seed,
     and analyses with it instead of without the fine-tuned model."""
-    from iclvsft.compare import circuit_section, results
+    from iclvsft.compare import circuit_section
 
     out = tmp_path / "run"
     exp = _experiment(tiny_llama, out)
-
-    def stop(*args, **kwargs):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(circuit_section, "analyse_task_if_ready", lambda *a, **k: None)  # stopped before it
-    monkeypatch.setattr(results, "write_results", stop)
-    with pytest.raises(KeyboardInterrupt):
-        compare_run.run_compare(exp)
-    monkeypatch.undo()
+    # stopped before the analysis that runs as the fine-tune finishes
+    _stop_after_the_cells(monkeypatch, exp, (circuit_section, "analyse_task_if_ready", lambda *a, **k: None))
     assert not (out / "circuits" / "parity_pattern" / "circuits.json").exists()
     shutil.rmtree(out / "ft")
     capsys.readouterr()
@@ -216,18 +218,9 @@ def test_a_lost_fine_tune_is_not_trained_again_when_too_few_pairs_match(tiny_lla
     code_pattern's numeric answers): nothing is trained for it."""
     import dataclasses
 
-    from iclvsft.compare import results
-
     out = tmp_path / "run"
     exp = dataclasses.replace(_experiment(tiny_llama, out), circuit_items=500)  # more pairs than 40 x 40 items hold
-
-    def stop(*args, **kwargs):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(results, "write_results", stop)
-    with pytest.raises(KeyboardInterrupt):
-        compare_run.run_compare(exp)
-    monkeypatch.undo()
+    _stop_after_the_cells(monkeypatch, exp)
     shutil.rmtree(out / "ft")
 
     _forbid_work(monkeypatch, "the resumed run")
