@@ -266,6 +266,16 @@ def test_draws_are_aggregated_before_choosing_k(draws_dir):
     assert Settings.aggregate(Settings.aggregate(recs)) == Settings.aggregate(recs)
 
 
+def test_equal_draws_plot_without_a_negative_range(tmp_path):
+    """Three draws of 1/40 each: their float mean exceeds 1/40 by one ulp unless held in their range,
+    and matplotlib refuses a negative error bar (the study's Gemma report stopped there)."""
+    t = "parity_pattern"
+    recs = [cell(tmp_path, "icl", t, s, 2, outcomes(1, 40), draw=d) for s in ("validation", "test") for d in (1, 2, 3)]
+    [agg] = [r for r in aggregate_draws(recs) if r["split"] == "test"]
+    assert agg["draw_min"] <= agg["accuracy"] <= agg["draw_max"]
+    assert plot_task(Settings.aggregate(recs), t, MODEL, tmp_path / "plots" / "p.png").is_file()
+
+
 def test_draws_pair_items_on_their_mean_correctness(draws_dir):
     from iclvsft.compare.stats import paired_sign_flip
 

@@ -148,7 +148,8 @@ def aggregate_draws(records: Iterable[Mapping[str, Any]]) -> list[Record]:
                 "key": "+".join(str(c.get("key", "")) for c in cells),
                 "draw": 0,
                 "draws": [int(c.get("draw", 0)) for c in cells],
-                "accuracy": statistics.fmean(accuracies),
+                # Within the draws' range: fmean of equal values can exceed them by one ulp.
+                "accuracy": min(max(statistics.fmean(accuracies), min(accuracies)), max(accuracies)),
                 "correct": statistics.fmean(float(c["correct"]) for c in cells),
                 "ci_low": statistics.fmean(lo for lo, _ in bounds),
                 "ci_high": statistics.fmean(hi for _, hi in bounds),
