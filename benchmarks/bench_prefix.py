@@ -20,6 +20,16 @@ any lengths at each ``--batch-sizes``, alternating the methods within each of ``
 
     .venv/bin/python benchmarks/bench_prefix.py --batching --tasks relation_pattern,code_pattern \
         --shots 8,16 --items 200 --batch-sizes 8,16,32 --reps 3
+
+``--floor`` asks how much faster any method could be: it times the equal-length scheme ("now" in
+issue 11) and today's padded batches, alternating within ``--reps`` repetitions, against a lower
+bound on the work every correct method does: each prompt's tokens after the shared demonstrations
+(the queries) run through the model once, in batches of 32 sorted by length, **without** attending
+to the demonstrations (less attention than any correct method), logits at the last position only,
+plus one LM-head product per generated token. "now / floor" bounds the speed-up over now:
+
+    .venv/bin/python benchmarks/bench_prefix.py --floor --tasks relation_pattern,code_pattern \
+        --shots 8,16 --items 200 --reps 3
 """
 
 # ruff: noqa: E402 - the environment must be set before torch and transformers are imported
@@ -57,6 +67,7 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default="8,16,32")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--hf-runs", type=int, default=1)
+    parser.add_argument("--floor", action="store_true", help="now vs today vs the least work (see above)")
     args = parser.parse_args()
 
     from lm_eval import simple_evaluate
@@ -88,6 +99,8 @@ def main() -> None:
         return loglikelihood_rows(args, tasks, shots, hf, ours, evaluate)
     if args.batching:
         return batching_rows(args, tasks, shots, hf, model, tokenizer, evaluate)
+    if args.floor:
+        return floor_rows(args, tasks, shots, model, tokenizer, evaluate)
     warm = lm_eval_task(tasks[0], "test", shots[0])[0]
     evaluate(hf, warm, limit=2)  # first calls allocate and pick kernels: keep them out of the timings
     evaluate(ours, warm, limit=2)
@@ -225,6 +238,88 @@ def batching_rows(args, tasks, shots, hf, model, tokenizer, evaluate) -> None:
             + " | ".join(f"{r[m]:.1f}" for m in methods)
             + f" | {ups} | {same} of {r['n']} (vs {reference}) |"
         )
+
+
+def floor_rows(args, tasks, shots, model, tokenizer, evaluate) -> None:
+    """The equal-length scheme (now) and padded batches (today) against the least work: medians of --reps."""
+    import statistics
+
+    from iclvsft.compare.run import lm_eval_task
+    from iclvsft_tasks.backend.hflm import IclvsftHFLM
+
+    now = IclvsftHFLM(pretrained=model, tokenizer=tokenizer, device="cpu", batch_size=1)
+    now.pad_batches = False
+    methods = {"now": now, "today": IclvsftHFLM(pretrained=model, tokenizer=tokenizer, device="cpu", batch_size=1)}
+    warm = lm_eval_task(tasks[0], "test", shots[0])[0]
+    for lm in methods.values():
+        evaluate(lm, warm, limit=2)
+    rows = []
+    for task in tasks:
+        for k in shots:
+            name, _ = lm_eval_task(task, "test", k)
+            times: dict[str, list[float]] = {"now": [], "today": [], "floor": []}
+            work: dict[str, object] = {}  # today's prompts and generated tokens, for the floor
+            answers: dict[str, list] = {}
+            for rep in range(args.reps):
+                # Rotate the order (load drifts); rep 0 runs today before floor, which needs its prompts.
+                order = ["now", "today", "floor"][rep % 3 :] + ["now", "today", "floor"][: rep % 3]
+                for m in order:
+                    if m == "floor":
+                        times[m].append(least_work(model, work["ids"], work["generated"]))
+                        continue
+                    methods[m].clear_prefix_cache()
+                    methods[m].reset_stats()
+                    seconds, result = evaluate(methods[m], name)
+                    times[m].append(seconds)
+                    samples = sorted(result["samples"][name], key=lambda s: s["doc_id"])
+                    answers[m] = [s["resps"] for s in samples]
+                    if m == "today":
+                        work["generated"] = methods[m].stats["generated_tokens"]
+                        prompts = [s["arguments"][0][0] for s in samples]
+                        work["ids"] = [tokenizer(t, return_tensors="pt")["input_ids"] for t in prompts]
+            row = {"task": name, **{m: statistics.median(t) for m, t in times.items()}, "all": times}
+            row["identical"] = sum(a == b for a, b in zip(answers["now"], answers["today"], strict=True))
+            row["load"] = os.getloadavg()[0]
+            rows.append(row)
+            print(row, flush=True)
+    print(
+        f"\n# iclvsft-hf against the least work, {datetime.date.today()}, {platform.machine()}, "
+        f"{os.cpu_count()} cores, torch threads {torch.get_num_threads()}; medians of {args.reps}, "
+        f"{args.items} test items per task, fixed demonstrations (draw {args.draw}), {args.dtype}\n"
+    )
+    print("| task | now (equal-length) s | today (padded) s | floor s | now / today | now / floor (at most) | same |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(
+            f"| `{r['task']}` | {r['now']:.1f} | {r['today']:.1f} | {r['floor']:.1f} | "
+            f"{r['now'] / r['today']:.2f}× | {r['now'] / r['floor']:.2f}× | {r['identical']}/{args.items} |"
+        )
+
+
+def least_work(model, ids: list[torch.Tensor], generated: int, batch: int = 32) -> float:
+    """Seconds for a lower bound on any method's work: the queries once, without the prefix; LM heads."""
+    common = ids[0][0]
+    for i in ids[1:]:
+        n = min(len(common), i.shape[1] - 1)
+        same = (common[:n] == i[0, :n]).int()
+        common = common[: int(same.cumprod(0).sum())]
+    queries = sorted((i[0, len(common) :] for i in ids), key=len)
+    head = model.get_output_embeddings()
+    hidden = torch.zeros(batch, head.in_features, dtype=head.weight.dtype)
+    extra = max(0, generated - len(ids))  # decode steps beyond each prompt's first answer token
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for b in range(0, len(queries), batch):
+            rows = queries[b : b + batch]
+            width = len(rows[-1])
+            input_ids = torch.zeros(len(rows), width, dtype=torch.long)
+            mask = torch.zeros(len(rows), width, dtype=torch.long)
+            for r, q in enumerate(rows):
+                input_ids[r, : len(q)], mask[r, : len(q)] = q, 1
+            model(input_ids, attention_mask=mask, use_cache=False, logits_to_keep=1)
+        for b in range(0, extra, batch):
+            head(hidden[: min(batch, extra - b)])
+    return time.perf_counter() - start
 
 
 def loglikelihood_rows(args, tasks, shots, hf, ours, evaluate) -> None:
