@@ -1,5 +1,6 @@
-"""How iclvsft-train runs TRL: the compact CPU loss gives plain `trl sft`'s losses, every process of a
-run dies with it, one live run per folder, and --dry-run prints a `trl sft` line that a shell runs."""
+"""How iclvsft-train runs TRL: the compact CPU loss (and its dense small head) gives plain `trl sft`'s
+losses, every process of a run dies with it, one live run per folder, and --dry-run prints a `trl sft`
+line that a shell runs."""
 
 from __future__ import annotations
 
@@ -92,6 +93,61 @@ def test_an_unexpected_trl_falls_back_to_plain_behaviour_with_a_warning(monkeypa
     monkeypatch.delattr(trl_utils, "_use_triton")
     with pytest.warns(UserWarning, match="training as plain trl sft does"):
         assert not fast_sft.install_compact_loss()
+
+
+@pytest.mark.parametrize("softcap, scale, temperature, bias", [(None, 1.0, 1.0, False), (30.0, 0.5, 0.7, True)])
+def test_the_dense_head_gives_the_chunked_kernels_outputs_and_gradients(softcap, scale, temperature, bias):
+    import torch
+    from trl.kernels import ChunkedLogProbFunction
+
+    torch.manual_seed(0)
+    outputs = ("entropy", "log_sum_sq_probs", "mean_logits", "is_top1")
+    targets = torch.randint(0, 300, (6,))
+    results, grads = {}, {}
+    for name, fn in (("chunked", ChunkedLogProbFunction.apply), ("dense", fast_sft.dense_logprobs)):
+        torch.manual_seed(1)
+        hidden = torch.randn(6, 16, requires_grad=True)
+        weight = torch.randn(300, 16, requires_grad=True)
+        b = torch.randn(300, requires_grad=True) if bias else None
+        # chunk 128 < vocab 300: the kernel folds three vocabulary tiles
+        results[name] = fn(hidden, weight, b, targets, temperature, 128, softcap, scale, outputs)
+        results[name][0].sum().backward()
+        grads[name] = [hidden.grad, weight.grad] + ([b.grad] if bias else [])
+    for chunked, dense in zip(results["chunked"], results["dense"], strict=True):
+        if chunked.dtype == torch.bool:
+            assert torch.equal(chunked, dense)
+        else:
+            assert torch.allclose(chunked, dense, rtol=1e-5, atol=1e-5)
+    for chunked, dense in zip(grads["chunked"], grads["dense"], strict=True):
+        assert torch.allclose(chunked, dense, rtol=1e-5, atol=1e-6)
+
+
+def test_the_dense_head_serves_small_cpu_heads_and_leaves_the_rest_to_the_kernel(monkeypatch):
+    import torch
+    import trl.trainer.utils as trl_utils
+
+    monkeypatch.setattr(trl_utils, "_ChunkedLogProbFunction", trl_utils._ChunkedLogProbFunction)  # undone after
+    chunked = trl_utils._ChunkedLogProbFunction
+    assert fast_sft.install_dense_small_head()
+    assert fast_sft.install_dense_small_head()  # a second install keeps the one wrapper
+    head = trl_utils._ChunkedLogProbFunction
+    assert head.chunked is chunked
+    calls = []
+    monkeypatch.setattr(fast_sft, "dense_logprobs", lambda *a: calls.append("dense"))
+    monkeypatch.setattr(head, "chunked", type("Spy", (), {"apply": staticmethod(lambda *a: calls.append("chunked"))}))
+    hidden, weight, targets = torch.zeros(4, 8), torch.zeros(100, 8), torch.zeros(4, dtype=torch.long)
+    head.apply(hidden, weight, None, targets, 1.0, 64)
+    monkeypatch.setattr(fast_sft, "DENSE_HEAD_BYTES", 4 * 100 * 4 - 1)  # [4, 100] float32 logits: one byte too many
+    head.apply(hidden, weight, None, targets, 1.0, 64)
+    assert calls == ["dense", "chunked"]
+
+
+def test_an_unexpected_trl_keeps_the_chunked_head_with_a_warning(monkeypatch):
+    import trl.trainer.utils as trl_utils
+
+    monkeypatch.delattr(trl_utils, "_ChunkedLogProbFunction")
+    with pytest.warns(UserWarning, match="TRL's chunked kernel"):
+        assert not fast_sft.install_dense_small_head()
 
 
 def _logged_losses(run_dir: Path) -> list[float]:

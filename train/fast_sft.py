@@ -12,6 +12,13 @@ is ``trl sft`` (same parser, same ``accelerate launch``, same ``trl.scripts.sft.
   ``trl.trainer.utils`` to also answer True on CPU; ``trl.kernels.chunked_logprob._use_triton``, which
   picks the Triton kernels, is untouched. The loss is the same sum over the same positions.
   If TRL's code is not the shape this patch expects, the worker warns and trains exactly as ``trl sft``.
+* When those positions' logits are small (a few completion tokens x the vocabulary: 1 MB per position
+  for Gemma 3's 262k vocabulary), the CPU computes them whole instead of through TRL's chunked kernel
+  (``dense_logprobs``). The kernel exists to avoid holding ``[N, vocab]`` logits, and pays for it by
+  computing the LM head product again in the backward pass: three passes over the 670 MB head per
+  micro-batch instead of two, which was 47% of a LoRA step on Gemma 3 270M (py-spy, BENCHMARKS.md).
+  Same outputs (log-probabilities, entropy, top-1) up to float rounding; larger N, other devices and
+  sharded heads keep the kernel.
 * Every process of the run dies with its parent: the launcher and each training worker ask Linux for
   a signal when their parent dies (``PR_SET_PDEATHSIG``; it is cleared across fork, so each sets its
   own), and the launcher, on SIGTERM/SIGINT/SIGHUP, kills its whole process group. The worker also
@@ -89,6 +96,79 @@ def install_compact_loss() -> bool:
 
     use_compact._iclvsft_compact = True
     trl_utils._use_triton = use_compact
+    return True
+
+
+#: Logits the dense head may hold at once (float32 bytes of ``[N, vocab]``); beyond it, TRL's chunked kernel.
+DENSE_HEAD_BYTES = 256 * 2**20
+
+
+def dense_logprobs(
+    hidden,
+    weight,
+    bias,
+    targets,
+    temperature: float,
+    chunk_size: int,
+    final_logit_softcapping: float | None = None,
+    logit_scale: float = 1.0,
+    outputs: tuple[str, ...] = ("entropy", "log_sum_sq_probs", "mean_logits", "is_top1"),
+):
+    """``trl.kernels.ChunkedLogProbFunction.apply``'s outputs from whole logits, differentiated by autograd
+    (one product with the head forward, one backward, none recomputed)."""
+    import torch
+
+    z = torch.nn.functional.linear(hidden, weight, bias).float() * logit_scale
+    if final_logit_softcapping is not None:
+        z = final_logit_softcapping * torch.tanh(z / final_logit_softcapping)
+    z = z / temperature
+    log_z = torch.logsumexp(z, dim=-1)
+    logprobs = z.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - log_z
+    entropy = log_z - (torch.softmax(z, dim=-1) * z).sum(-1) if "entropy" in outputs else None
+    with torch.no_grad():  # the kernel marks these three non-differentiable
+        log_p = z - log_z.unsqueeze(-1)
+        log_sum_sq_probs = torch.logsumexp(2 * log_p, dim=-1) if "log_sum_sq_probs" in outputs else None
+        mean_logits = z.mean(-1) if "mean_logits" in outputs else None
+        is_top1 = z.argmax(-1) == targets if "is_top1" in outputs else None  # the first maximum, as the kernel
+    return logprobs, entropy, log_sum_sq_probs, mean_logits, is_top1
+
+
+class _DenseWhenSmall:
+    """Stands in for TRL's ``_ChunkedLogProbFunction``: ``apply`` computes small CPU heads whole."""
+
+    def __init__(self, chunked) -> None:
+        self.chunked = chunked
+
+    def apply(self, hidden, weight, *rest):
+        import torch
+
+        small = hidden.shape[0] * weight.shape[0] * 4 <= DENSE_HEAD_BYTES
+        local = type(weight) in (torch.Tensor, torch.nn.Parameter) and not hasattr(weight, "ds_id")  # not sharded
+        if hidden.device.type == "cpu" and small and local:
+            return dense_logprobs(hidden, weight, *rest)
+        return self.chunked.apply(hidden, weight, *rest)
+
+
+def install_dense_small_head() -> bool:
+    """Route TRL's fused LM head through ``_DenseWhenSmall``; False (and a warning) when TRL has no such
+    function to route, in which case nothing is changed."""
+    try:
+        from trl.trainer import utils as trl_utils
+
+        chunked = trl_utils._ChunkedLogProbFunction
+        source = inspect.getsource(trl_utils.add_fused_lm_head)
+    except (ImportError, AttributeError, OSError, TypeError):
+        chunked, source = None, ""
+    if isinstance(chunked, _DenseWhenSmall):
+        return True
+    if chunked is None or "_ChunkedLogProbFunction.apply(" not in source:
+        warnings.warn(
+            "iclvsft-train: this TRL's fused LM head is not the one the dense CPU head replaces; "
+            "the LM head runs through TRL's chunked kernel",
+            stacklevel=2,
+        )
+        return False
+    trl_utils._ChunkedLogProbFunction = _DenseWhenSmall(chunked)
     return True
 
 
@@ -185,7 +265,8 @@ def launch(argv: Sequence[str]) -> int:
 def worker() -> None:
     """One training process: ``trl/scripts/sft.py``'s ``__main__``, after the patch."""
     die_with_parent(signal.SIGKILL)
-    install_compact_loss()
+    if install_compact_loss():
+        install_dense_small_head()
     keep_trainers()
     from trl.scripts.sft import main, make_parser
 
