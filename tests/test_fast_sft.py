@@ -137,9 +137,12 @@ def test_the_dense_head_serves_small_cpu_heads_and_leaves_the_rest_to_the_kernel
     monkeypatch.setattr(head, "chunked", type("Spy", (), {"apply": staticmethod(lambda *a: calls.append("chunked"))}))
     hidden, weight, targets = torch.zeros(4, 8), torch.zeros(100, 8), torch.zeros(4, dtype=torch.long)
     head.apply(hidden, weight, None, targets, 1.0, 64)
+    head.apply(hidden.bfloat16(), weight.bfloat16(), None, targets, 1.0, 64)  # bfloat16: the kernel's
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        head.apply(hidden, weight, None, targets, 1.0, 64)
     monkeypatch.setattr(fast_sft, "DENSE_HEAD_BYTES", 4 * 100 * 4 - 1)  # [4, 100] float32 logits: one byte too many
     head.apply(hidden, weight, None, targets, 1.0, 64)
-    assert calls == ["dense", "chunked"]
+    assert calls == ["dense", "chunked", "chunked", "chunked"]
 
 
 def test_an_unexpected_trl_keeps_the_chunked_head_with_a_warning(monkeypatch):

@@ -17,8 +17,9 @@ is ``trl sft`` (same parser, same ``accelerate launch``, same ``trl.scripts.sft.
   (``dense_logprobs``). The kernel exists to avoid holding ``[N, vocab]`` logits, and pays for it by
   computing the LM head product again in the backward pass: three passes over the 670 MB head per
   micro-batch instead of two, which was 47% of a LoRA step on Gemma 3 270M (py-spy, BENCHMARKS.md).
-  Same outputs (log-probabilities, entropy, top-1) up to float rounding; larger N, other devices and
-  sharded heads keep the kernel.
+  Same outputs (log-probabilities, entropy, top-1) up to float rounding; larger N, other devices,
+  sharded heads and bfloat16 (whose whole-logits product ran 4x slower than the kernel on this CPU)
+  keep the kernel.
 * Every process of the run dies with its parent: the launcher and each training worker ask Linux for
   a signal when their parent dies (``PR_SET_PDEATHSIG``; it is cleared across fork, so each sets its
   own), and the launcher, on SIGTERM/SIGINT/SIGHUP, kills its whole process group. The worker also
@@ -144,7 +145,9 @@ class _DenseWhenSmall:
 
         small = hidden.shape[0] * weight.shape[0] * 4 <= DENSE_HEAD_BYTES
         local = type(weight) in (torch.Tensor, torch.nn.Parameter) and not hasattr(weight, "ds_id")  # not sharded
-        if hidden.device.type == "cpu" and small and local:
+        # float32 only: this CPU's bfloat16 product and its backward ran 4x slower than the kernel's tiles
+        fp32 = hidden.dtype == weight.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+        if hidden.device.type == "cpu" and small and local and fp32:
             return dense_logprobs(hidden, weight, *rest)
         return self.chunked.apply(hidden, weight, *rest)
 
