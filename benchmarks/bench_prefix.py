@@ -298,11 +298,7 @@ def floor_rows(args, tasks, shots, model, tokenizer, evaluate) -> None:
 
 def least_work(model, ids: list[torch.Tensor], generated: int, batch: int = 32) -> float:
     """Seconds for a lower bound on any method's work: the queries once, without the prefix; LM heads."""
-    common = ids[0][0]
-    for i in ids[1:]:
-        n = min(len(common), i.shape[1] - 1)
-        same = (common[:n] == i[0, :n]).int()
-        common = common[: int(same.cumprod(0).sum())]
+    common = common_prefix(ids)
     queries = sorted((i[0, len(common) :] for i in ids), key=len)
     head = model.get_output_embeddings()
     hidden = torch.zeros(batch, head.in_features, dtype=head.weight.dtype)
@@ -357,13 +353,19 @@ def loglikelihood_rows(args, tasks, shots, hf, ours, evaluate) -> None:
             )
 
 
-def bare_loop(model, ids: list[torch.Tensor], generated: int) -> float:
-    """Seconds for the least work that gives the same answers: prefix once, suffixes, decode steps."""
+def common_prefix(ids: list[torch.Tensor]) -> torch.Tensor:
+    """The token ids every prompt starts with (the demonstrations), leaving each prompt at least one more."""
     common = ids[0][0]
     for i in ids[1:]:
         n = min(len(common), i.shape[1] - 1)
         same = (common[:n] == i[0, :n]).int()
         common = common[: int(same.cumprod(0).sum())]
+    return common
+
+
+def bare_loop(model, ids: list[torch.Tensor], generated: int) -> float:
+    """Seconds for the least work that gives the same answers: prefix once, suffixes, decode steps."""
+    common = common_prefix(ids)
     steps_per_item = max(0, round(generated / len(ids)) - 1)  # the first token comes from the prefill
     start = time.perf_counter()
     with torch.inference_mode():

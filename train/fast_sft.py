@@ -111,12 +111,13 @@ def dense_logprobs(
     targets,
     temperature: float,
     chunk_size: int,
-    final_logit_softcapping: float | None = None,
-    logit_scale: float = 1.0,
-    outputs: tuple[str, ...] = ("entropy", "log_sum_sq_probs", "mean_logits", "is_top1"),
+    final_logit_softcapping: float | None,
+    logit_scale: float,
+    outputs: tuple[str, ...],
 ):
     """``trl.kernels.ChunkedLogProbFunction.apply``'s outputs from whole logits, differentiated by autograd
-    (one product with the head forward, one backward, none recomputed)."""
+    (one product with the head forward, one backward, none recomputed). Same arguments as the kernel's,
+    as TRL's fused head passes them; ``chunk_size`` goes unused."""
     import torch
 
     z = torch.nn.functional.linear(hidden, weight, bias).float() * logit_scale
