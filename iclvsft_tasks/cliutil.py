@@ -160,6 +160,20 @@ def flag_value(argv: Sequence[str], *names: str) -> str | None:
     return value
 
 
+def flag_on(argv: Sequence[str], name: str) -> bool:
+    """Whether HfArgumentParser reads the boolean flag ``name`` as true: bare (``--bf16``, then another flag or
+    the end), ``--bf16 true`` or ``--bf16=1`` (its true words); the last one wins."""
+    truthy = ("true", "1", "yes", "y", "t")
+    on = False
+    for i, token in enumerate(argv):
+        if token == name:
+            following = argv[i + 1] if i + 1 < len(argv) else "--"
+            on = following.startswith("-") or following.lower() in truthy
+        elif token.startswith(name + "="):
+            on = token.split("=", 1)[1].lower() in truthy
+    return on
+
+
 def default_threads() -> int:
     """Torch threads for CPU work: one core left for the OS and data loading.
 
@@ -216,6 +230,31 @@ def pin_cpu_threads(device: str) -> int | None:
     if "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(default_threads())
     return torch.get_num_threads()
+
+
+def slow_half_precision(dtype: str, device: str) -> str | None:
+    """Why ``dtype`` would run slowly on ``device``, or None: a warning for the caller to print.
+
+    torch multiplies bfloat16 and float16 matrices on a CPU through oneDNN only where the CPU has
+    AVX-512 or AMX (or Arm's bf16); elsewhere it falls back to a generic loop. On a 2-core AVX2 EPYC
+    (BENCHMARKS.md, "bfloat16 on an AVX2 CPU") Gemma 3 270M's products ran 7-44x slower than in
+    float32 and LoRA training 10x slower, while an AVX-512 machine had run the same demo 1.6x faster.
+    """
+    if dtype not in ("bfloat16", "float16") or device != "cpu":
+        return None
+    import torch
+
+    check = getattr(torch.ops.mkldnn, f"_is_mkldnn_{'bf16' if dtype == 'bfloat16' else 'fp16'}_supported", None)
+    try:
+        native = check is None or bool(check())  # a torch without the check: no claim either way
+    except RuntimeError:
+        native = True
+    if native:
+        return None
+    return (
+        f"this CPU has no native {dtype} matrix products (torch needs AVX-512 or AMX for them): {dtype} ran "
+        f"7-44x slower than float32 on such a CPU (BENCHMARKS.md); float32 is likely faster here"
+    )
 
 
 def add_split_size_flags(parser: argparse.ArgumentParser, defaults: dict[str, int] | None, note: str) -> None:

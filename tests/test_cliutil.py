@@ -4,11 +4,12 @@ and the -v/--verbose switch every command shares."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 import pytest
 
 from iclvsft_tasks import eval_cli
-from iclvsft_tasks.cliutil import flag_value
+from iclvsft_tasks.cliutil import flag_on, flag_value, slow_half_precision
 
 
 @pytest.mark.parametrize(
@@ -36,6 +37,51 @@ def test_flag_value_ignores_lookalikes_and_a_missing_value():
     assert flag_value(["--num_fewshots", "3", "--num_fewshot_x=2"], "--num_fewshot") is None
     assert flag_value(["--num_processes"], "--num_processes") is None
     assert flag_value(["--num_processes", "2", "--num_processes"], "--num_processes") == "2"
+
+
+@dataclasses.dataclass
+class _BoolFlags:
+    bf16: bool = False
+    use_cpu: bool = False
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["--bf16"],
+        ["--bf16", "true"],
+        ["--bf16", "True"],
+        ["--bf16", "false"],
+        ["--bf16=1"],
+        ["--bf16=no"],
+        ["--bf16", "--use_cpu"],
+        ["--bf16", "yes", "--bf16", "false"],
+        ["--bf16=false", "--bf16"],
+        ["--use_cpu", "true"],
+    ],
+)
+def test_flag_on_agrees_with_hf_argument_parser(argv):
+    from transformers import HfArgumentParser
+
+    (parsed,) = HfArgumentParser(_BoolFlags).parse_args_into_dataclasses(argv)
+    assert flag_on(argv, "--bf16") is parsed.bf16
+    assert flag_on(argv, "--use_cpu") is parsed.use_cpu
+
+
+def test_slow_half_precision_warns_only_for_half_precision_on_a_cpu_without_native_products(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_fp16_supported", lambda: True, raising=False)
+    said = slow_half_precision("bfloat16", "cpu")
+    assert said and "no native bfloat16 matrix products" in said and "float32" in said
+    assert slow_half_precision("float16", "cpu") is None  # this "CPU" has them
+    assert slow_half_precision("bfloat16", "cuda") is None
+    assert slow_half_precision("float32", "cpu") is None
+    assert slow_half_precision("auto", "cpu") is None
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True, raising=False)
+    assert slow_half_precision("bfloat16", "cpu") is None
 
 
 @pytest.mark.parametrize("argv", [["--num_fewshot", "5"], ["--num_fewshot=5"], ["-f", "5"], ["-f=5"]])

@@ -460,3 +460,27 @@ def test_platform_fixes_for_cpu_and_cuda(monkeypatch):
         importlib.util, "find_spec", lambda name, *a: object() if name == "flash_attn" else real_find_spec(name, *a)
     )
     assert launch.platform_defaults(cuda=True)["attn_implementation"] == "flash_attention_2"
+
+
+@pytest.mark.parametrize(
+    "passthrough, dtype",
+    [
+        ([], None),
+        (["--dtype", "bfloat16"], "bfloat16"),
+        (["--dtype=float16"], "float16"),
+        (["--bf16", "--use_cpu", "true"], "bfloat16"),  # autocast to bfloat16: the products run in it
+        (["--fp16", "true"], "float16"),
+        (["--bf16", "false", "--dtype", "float32"], "float32"),
+    ],
+)
+def test_iclvsft_train_warns_when_its_half_precision_is_slow_here(monkeypatch, capsys, passthrough, dtype):
+    import torch
+
+    from iclvsft_train import cli
+
+    asked = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(cli, "slow_half_precision", lambda d, device: asked.append((d, device)) or "it is slow")
+    cli._warn_if_half_precision_is_slow(passthrough)
+    assert asked == ([(dtype, "cpu")] if dtype else [])
+    assert capsys.readouterr().err == ("iclvsft-train: warning: it is slow\n" if dtype else "")

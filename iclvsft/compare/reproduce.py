@@ -22,6 +22,7 @@ from typing import Any
 
 from iclvsft.compare.config import Experiment
 from iclvsft.compare.run import CELLS_DIR, HF_BACKENDS, demo_settings, lm_eval_task, lm_spec
+from iclvsft_tasks.cliutil import flag_on
 from iclvsft_tasks.errors import IclvsftError, one_line
 
 #: The command that reproduces a cell: lm-eval's CLI with our tasks (``lm_eval`` after ``iclvsft-eval register``).
@@ -37,9 +38,8 @@ def _trains_adapter(exp: Experiment, recipe: str | None) -> bool:
     from iclvsft_train.launch import load_recipe
 
     flags = exp.train_args
-    if "--use_peft" in flags:
-        value = flags[flags.index("--use_peft") + 1 :][:1]
-        return not value or value[0].startswith("-") or value[0].lower() in ("true", "1", "yes")
+    if any(flag == "--use_peft" or flag.startswith("--use_peft=") for flag in flags):
+        return flag_on(flags, "--use_peft")
     return bool(load_recipe(recipe or exp.recipes[0]).get("use_peft", False))
 
 

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from iclvsft.compare.config import Experiment
 from iclvsft.compare.records import Settings, has_pattern_use, mark_pattern_use, pattern_use
 from iclvsft_tasks.atomic import atomic_open, atomic_write_text, ensure_output_dir
-from iclvsft_tasks.cliutil import pin_cpu_threads, resolve_device, verbose
+from iclvsft_tasks.cliutil import pin_cpu_threads, resolve_device, slow_half_precision, verbose
 from iclvsft_tasks.data.spec import HELD_OUT_SPLITS
 from iclvsft_tasks.data.splits import build_split, fingerprints
 from iclvsft_tasks.demos import fixed_demo_ids
@@ -709,6 +709,9 @@ def run_compare(
 
     started = time.perf_counter()
     exp.check_machine()
+    slow = slow_half_precision(exp.dtype, _device(exp))
+    if slow:
+        print(f"iclvsft compare: warning: {slow}", file=sys.stderr)
     model_paths = {}
     for model in exp.models:  # every model resolves (and converts) first
         model_paths[model] = resolve_model(model)  # one float32 cache; lm-eval and TRL cast to exp.dtype on load

@@ -107,6 +107,7 @@ from iclvsft_tasks.backend.options import (
     PrefixOptions,
 )
 from iclvsft_tasks.backend.prefix_cache import PrefixCache
+from iclvsft_tasks.cliutil import slow_half_precision
 from iclvsft_tasks.lm_eval_glue import BACKEND_NAME
 
 if TYPE_CHECKING:
@@ -211,6 +212,9 @@ class IclvsftHFLM(HFLM):
         self._cache_kw: str | None = None
         self._keep_kw: str | None = None
         self.token_stats = TokenStats()
+        slow = slow_half_precision(str(self.model.dtype).removeprefix("torch."), torch.device(self.device).type)
+        if slow:
+            log.warning("%s: %s", BACKEND_NAME, slow)
         if self.backend == "causal" and self.batch_size != 1 and self.options.cache_bytes > 0:
             # Said once, here: _usable() then quietly takes hf's path for every request.
             log.warning(
