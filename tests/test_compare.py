@@ -125,6 +125,10 @@ def test_compare_writes_every_cell_result_plot_and_report(full_run):
     report = (out / "report.md").read_text()
     assert "plots/parity_pattern.png" in report and "validation" in report and "McNemar" in report
     assert "report.md" in proc.stdout
+    import torch
+
+    machine = json.loads((out / "run.json").read_text())["machine"]
+    assert f"({torch.backends.cpu.get_cpu_capability()})" in machine  # what decides bfloat16's speed on a CPU
     for milestone in ("samples-8", "samples-16"):
         assert list((out / "ft").glob(f"*/milestones/{milestone}/adapter_model.safetensors"))
 

@@ -696,6 +696,21 @@ def _restore_for_circuits(plan: ModelRun, settings: Settings) -> None:
             )
 
 
+def _machine() -> str:
+    """The machine in one line, with what decides a CPU's speed: its name and torch's vector capability
+    (bfloat16 is fast only with AVX-512 or AMX; BENCHMARKS.md)."""
+    import torch
+
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), cpu)
+    except OSError:  # not Linux
+        pass
+    capability = torch.backends.cpu.get_cpu_capability()
+    return f"{platform.machine()}, {cpu or 'CPU'} ({capability}), {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
 def run_compare(
     exp: Experiment, command: Sequence[str] = (), make_bar: Callable[..., Any] | None = None
 ) -> dict[str, Any]:
@@ -807,7 +822,7 @@ def _compare_locked(
         "device": _device(exp),
         "torch_threads": threads,
         "jobs": jobs,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "machine": _machine(),
         "date": datetime.date.today().isoformat(),
         "command": " ".join(command),
         "wall_time_s": round(time.perf_counter() - started, 1),
