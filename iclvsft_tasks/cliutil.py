@@ -237,8 +237,8 @@ def slow_half_precision(dtype: str, device: str) -> str | None:
 
     torch multiplies bfloat16 and float16 matrices on a CPU through oneDNN only where the CPU has
     AVX-512 or AMX (or Arm's bf16); elsewhere it falls back to a generic loop. On a 2-core AVX2 EPYC
-    (BENCHMARKS.md, "bfloat16 on an AVX2 CPU") Gemma 3 270M's products ran 7-44x slower than in
-    float32 and LoRA training 10x slower, while an AVX-512 machine had run the same demo 1.6x faster.
+    (BENCHMARKS.md, "bfloat16 on an AVX2 CPU") Gemma 3 270M's products ran 3-49x slower than in
+    float32 and LoRA training 10x slower, while an Intel Xeon with AMX-BF16 had run the same demo 1.6x faster.
     """
     if dtype not in ("bfloat16", "float16") or device != "cpu":
         return None
@@ -253,7 +253,7 @@ def slow_half_precision(dtype: str, device: str) -> str | None:
         return None
     return (
         f"this CPU has no native {dtype} matrix products (torch needs AVX-512 or AMX for them): {dtype} ran "
-        f"7-44x slower than float32 on such a CPU (BENCHMARKS.md); float32 is likely faster here"
+        f"3-49x slower than float32 on such a CPU (BENCHMARKS.md); float32 is likely faster here"
     )
 
 
