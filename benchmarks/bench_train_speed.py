@@ -32,6 +32,7 @@ os.environ.update(RUNENV)
 import argparse
 import json
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -90,15 +91,21 @@ def bare(prep: Path) -> float:
     return (time.perf_counter() - start) / len(batches)
 
 
-def timed(cmd: list[str], samples: int) -> dict[str, float]:
+def timed(cmd: list[str], out_dir: Path, samples: int, label: str) -> dict[str, float]:
+    """Run ``cmd --output_dir out_dir``, then delete the folder: a full fine-tune's checkpoints are
+    ~20 GB per run, and the repeats would fill the disk. Each run's result goes to stderr as it ends."""
     start = time.perf_counter()
-    proc = subprocess.run(cmd, env={**os.environ, **RUNENV}, capture_output=True, text=True)
+    proc = subprocess.run(
+        [*cmd, "--output_dir", str(out_dir)], env={**os.environ, **RUNENV}, capture_output=True, text=True
+    )
     wall = time.perf_counter() - start
+    shutil.rmtree(out_dir, ignore_errors=True)
     if proc.returncode:
         sys.exit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-3000:]}")
     log = proc.stdout + proc.stderr
     runtime = float(METRIC.findall(log)[-1])
     losses = [float(x) for x in LOSS.findall(log)]
+    print(f"{label}: {runtime / samples:.3f} s/sample, wall {wall:.0f} s", file=sys.stderr, flush=True)
     return {"s_per_sample": runtime / samples, "wall": wall, "startup": wall - runtime, "losses": losses}
 
 
@@ -145,19 +152,17 @@ def main() -> None:
                 # Every step logged, so that the bf16 losses have float32 ones to be compared with.
                 train = [str(BIN / "iclvsft-train"), *common, "--logging_steps", "1"]
                 for i in range(args.repeats):  # interleaved, so drifting load hits each alike
-                    out_dir = str(prep.with_name(f"{prep.name}-after{i}"))
-                    runs["after"].append(timed([*train, "--output_dir", out_dir], args.samples))
+                    name = f"{task} {recipe} run {i + 1}"
+                    after = prep.with_name(f"{prep.name}-after{i}")
+                    runs["after"].append(timed(train, after, args.samples, f"{name} after"))
                     if i == 0 and recipe in args.bf16.split(","):  # one run: the decision needs no median
-                        out_dir = str(prep.with_name(f"{prep.name}-bf16{i}"))
+                        bf16 = [*train, "--bf16", "true", "--use_cpu", "true"]
                         runs["bf16"].append(
-                            timed(
-                                [*train, "--bf16", "true", "--use_cpu", "true", "--output_dir", out_dir], args.samples
-                            )
+                            timed(bf16, prep.with_name(f"{prep.name}-bf16{i}"), args.samples, f"{name} bf16")
                         )
                     cmd = [str(BIN / "trl"), "sft", "--config", str(prep / "resolved.yaml")]
-                    runs["before"].append(
-                        timed([*cmd, "--output_dir", str(prep.with_name(f"{prep.name}-before{i}"))], args.samples)
-                    )
+                    before = prep.with_name(f"{prep.name}-before{i}")
+                    runs["before"].append(timed(cmd, before, args.samples, f"{name} before"))
                     out = subprocess.run(
                         [sys.executable, __file__, "--bare", str(prep)],
                         env={**os.environ, **RUNENV},
@@ -166,6 +171,7 @@ def main() -> None:
                         check=True,
                     )
                     runs["bare"].append(json.loads(out.stdout.strip().splitlines()[-1]))
+                    print(f"{name} bare: {runs['bare'][-1]['s_per_sample']:.3f} s/sample", file=sys.stderr, flush=True)
                 rows.append((task, recipe, prep_wall, runs))
                 print(task, recipe, json.dumps(runs), file=sys.stderr, flush=True)
     med = statistics.median
