@@ -7,23 +7,26 @@ whether torch's oneDNN multiplies each half-precision dtype natively, and a Mark
 
     .venv/bin/python benchmarks/bench_half_precision.py [--positions 80 --hidden 640 --inner 2048 --repeats 7]
 
-On a CPU without AVX-512 or AMX, torch falls back to a generic loop for half precision (BENCHMARKS.md,
-"bfloat16 on an AVX2 CPU"); ``iclvsft compare`` and ``iclvsft-train`` warn in that case.
+Where oneDNN has no native support for a half-precision dtype on the CPU, torch falls back to a
+generic loop (BENCHMARKS.md, "bfloat16 on an AVX2 CPU"); ``iclvsft compare``, ``iclvsft-train`` and the
+``iclvsft-hf`` backend warn in that case.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import platform
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-def time_ms(product, repeats: int) -> float:
+def time_ms(product: Callable[[], object], repeats: int) -> float:
     product()  # warm-up: allocation, oneDNN's kernel choice
     runs = []
     for _ in range(repeats):
@@ -54,7 +57,11 @@ def main() -> None:
         weight = torch.randn(args.inner, args.hidden, dtype=dtype)
         x = torch.randn(args.positions, args.hidden, dtype=dtype)
         grad = torch.randn(args.positions, args.inner, dtype=dtype)
-        products = (lambda: x @ weight.T, lambda: grad @ weight, lambda: grad.T @ x)
+        products = (
+            functools.partial(torch.matmul, x, weight.T),
+            functools.partial(torch.matmul, grad, weight),
+            functools.partial(torch.matmul, grad.T, x),
+        )
         times = [time_ms(product, args.repeats) for product in products]
         baseline = baseline or times
         cells = [

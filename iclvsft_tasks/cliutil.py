@@ -160,17 +160,21 @@ def flag_value(argv: Sequence[str], *names: str) -> str | None:
     return value
 
 
-def flag_on(argv: Sequence[str], name: str) -> bool:
-    """Whether HfArgumentParser reads the boolean flag ``name`` as true: bare (``--bf16``, then another flag or
-    the end), ``--bf16 true`` or ``--bf16=1`` (its true words); the last one wins."""
+def flag_on(argv: Sequence[str], *names: str) -> bool | None:
+    """A boolean flag as HfArgumentParser reads one declared ``bool`` with a default (e.g. ``--use_peft``):
+    bare (then another flag or the end), ``--x true`` or ``--x=1`` in its true words, the last one
+    winning; None when no spelling in ``names`` (``--use_peft``, ``--use-peft``) is given."""
     truthy = ("true", "1", "yes", "y", "t")
-    on = False
+    on = None
     for i, token in enumerate(argv):
-        if token == name:
+        name, _, value = token.partition("=")
+        if name not in names:
+            continue
+        if _:
+            on = value.lower() in truthy
+        else:
             following = argv[i + 1] if i + 1 < len(argv) else "--"
             on = following.startswith("-") or following.lower() in truthy
-        elif token.startswith(name + "="):
-            on = token.split("=", 1)[1].lower() in truthy
     return on
 
 
@@ -232,18 +236,37 @@ def pin_cpu_threads(device: str) -> int | None:
     return torch.get_num_threads()
 
 
+def machine_line() -> str:
+    """The machine in one line for stored results, with what decides a CPU's speed: its name and torch's
+    vector capability (bfloat16 is fast only where oneDNN supports it; BENCHMARKS.md)."""
+    import platform
+
+    import torch
+
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), cpu)
+    except OSError:  # not Linux
+        pass
+    capability = torch.backends.cpu.get_cpu_capability()
+    return f"{platform.machine()}, {cpu or 'CPU'} ({capability}), {os.cpu_count()} cores"
+
+
 def slow_half_precision(dtype: str, device: str) -> str | None:
     """Why ``dtype`` would run slowly on ``device``, or None: a warning for the caller to print.
 
-    torch multiplies bfloat16 and float16 matrices on a CPU through oneDNN only where the CPU has
-    AVX-512 or AMX (or Arm's bf16); elsewhere it falls back to a generic loop. On a 2-core AVX2 EPYC
-    (BENCHMARKS.md, "bfloat16 on an AVX2 CPU") Gemma 3 270M's products ran 3-49x slower than in
-    float32 and LoRA training 10x slower, while an Intel Xeon with AMX-BF16 had run the same demo 1.6x faster.
+    On a CPU, torch multiplies bfloat16 and float16 matrices natively only where oneDNN supports the
+    dtype on that CPU; elsewhere it falls back to a generic loop. On an AVX2-only AMD EPYC
+    (BENCHMARKS.md, "bfloat16 on an AVX2 CPU") that made LoRA training 10x slower than float32, while
+    an Intel Xeon with AMX-BF16 had run the demo 1.6x faster in bfloat16.
     """
-    if dtype not in ("bfloat16", "float16") or device != "cpu":
+    if dtype not in ("bfloat16", "float16"):
         return None
     import torch
 
+    if torch.device(device).type != "cpu":
+        return None
     check = getattr(torch.ops.mkldnn, f"_is_mkldnn_{'bf16' if dtype == 'bfloat16' else 'fp16'}_supported", None)
     try:
         native = check is None or bool(check())  # a torch without the check: no claim either way
@@ -252,9 +275,24 @@ def slow_half_precision(dtype: str, device: str) -> str | None:
     if native:
         return None
     return (
-        f"this CPU has no native {dtype} matrix products (torch needs AVX-512 or AMX for them): {dtype} ran "
-        f"3-49x slower than float32 on such a CPU (BENCHMARKS.md); float32 is likely faster here"
+        f"this CPU lacks torch's native {dtype} matrix products (oneDNN), so they run in a generic loop, many "
+        f"times slower than float32's (BENCHMARKS.md; benchmarks/bench_half_precision.py measures a machine); "
+        f"float32 is likely faster here"
     )
+
+
+_half_precision_warned: set[tuple[str, str]] = set()
+
+
+def slow_half_precision_once(dtype: str, device: str) -> str | None:
+    """``slow_half_precision``, said once per process for each dtype and device type: ``iclvsft compare``
+    warns, and the fine-tunes and model loads it runs in the same process stay quiet."""
+    said = slow_half_precision(dtype, device)
+    key = (dtype, str(device).split(":")[0])
+    if said is None or key in _half_precision_warned:
+        return None
+    _half_precision_warned.add(key)
+    return said
 
 
 def add_split_size_flags(parser: argparse.ArgumentParser, defaults: dict[str, int] | None, note: str) -> None:

@@ -4,7 +4,6 @@ and the -v/--verbose switch every command shares."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
 import pytest
 
@@ -39,47 +38,50 @@ def test_flag_value_ignores_lookalikes_and_a_missing_value():
     assert flag_value(["--num_processes", "2", "--num_processes"], "--num_processes") == "2"
 
 
-@dataclasses.dataclass
-class _BoolFlags:
-    bf16: bool = False
-    use_cpu: bool = False
-
-
 @pytest.mark.parametrize(
     "argv",
     [
         [],
-        ["--bf16"],
-        ["--bf16", "true"],
-        ["--bf16", "True"],
-        ["--bf16", "false"],
-        ["--bf16=1"],
-        ["--bf16=no"],
-        ["--bf16", "--use_cpu"],
-        ["--bf16", "yes", "--bf16", "false"],
-        ["--bf16=false", "--bf16"],
-        ["--use_cpu", "true"],
+        ["--use_peft"],
+        ["--use_peft", "true"],
+        ["--use_peft", "True"],
+        ["--use_peft", "false"],
+        ["--use_peft=1"],
+        ["--use_peft=no"],
+        ["--use-peft", "--lora_r", "8"],
+        ["--lora_r", "8", "--use-peft"],
+        ["--use_peft", "yes", "--use_peft", "false"],
+        ["--use_peft=false", "--use-peft"],
+        ["--use_peftx", "true"],
     ],
 )
-def test_flag_on_agrees_with_hf_argument_parser(argv):
+def test_flag_on_agrees_with_trls_parser(argv):
     from transformers import HfArgumentParser
+    from trl import ModelConfig
 
-    (parsed,) = HfArgumentParser(_BoolFlags).parse_args_into_dataclasses(argv)
-    assert flag_on(argv, "--bf16") is parsed.bf16
-    assert flag_on(argv, "--use_cpu") is parsed.use_cpu
+    (parsed,) = HfArgumentParser(ModelConfig).parse_args_into_dataclasses(argv, return_remaining_strings=True)[:1]
+    given = flag_on(argv, "--use_peft", "--use-peft")
+    assert given is (parsed.use_peft if given is not None else None)
+    assert given is not None or parsed.use_peft is False  # absent: TRL's default
 
 
 def test_slow_half_precision_warns_only_for_half_precision_on_a_cpu_without_native_products(monkeypatch):
     import torch
 
+    from iclvsft_tasks import cliutil
+
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False, raising=False)
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_fp16_supported", lambda: True, raising=False)
     said = slow_half_precision("bfloat16", "cpu")
-    assert said and "no native bfloat16 matrix products" in said and "float32" in said
+    assert said and "lacks torch's native bfloat16 matrix products" in said and "float32" in said
+    assert slow_half_precision("bfloat16", "cpu:0") == said
     assert slow_half_precision("float16", "cpu") is None  # this "CPU" has them
     assert slow_half_precision("bfloat16", "cuda") is None
     assert slow_half_precision("float32", "cpu") is None
     assert slow_half_precision("auto", "cpu") is None
+    monkeypatch.setattr(cliutil, "_half_precision_warned", set())
+    assert cliutil.slow_half_precision_once("bfloat16", "cpu") == said
+    assert cliutil.slow_half_precision_once("bfloat16", "cpu:0") is None  # said once per process
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True, raising=False)
     assert slow_half_precision("bfloat16", "cpu") is None
 

@@ -463,24 +463,23 @@ def test_platform_fixes_for_cpu_and_cuda(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "passthrough, dtype",
+    "flags, dtype",
     [
-        ([], None),
-        (["--dtype", "bfloat16"], "bfloat16"),
-        (["--dtype=float16"], "float16"),
-        (["--bf16", "--use_cpu", "true"], "bfloat16"),  # autocast to bfloat16: the products run in it
-        (["--fp16", "true"], "float16"),
-        (["--bf16", "false", "--dtype", "float32"], "float32"),
+        ({}, "float32"),
+        ({"dtype": "bfloat16"}, "bfloat16"),
+        ({"bf16": True, "use_cpu": True}, "bfloat16"),  # autocast to bfloat16: the products run in it
+        ({"fp16": True}, "float16"),
     ],
 )
-def test_iclvsft_train_warns_when_its_half_precision_is_slow_here(monkeypatch, capsys, passthrough, dtype):
-    import torch
+def test_iclvsft_train_warns_when_its_half_precision_is_slow_here(monkeypatch, capsys, flags, dtype):
+    from types import SimpleNamespace
 
-    from iclvsft_train import cli
+    import torch
 
     asked = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(cli, "slow_half_precision", lambda d, device: asked.append((d, device)) or "it is slow")
-    cli._warn_if_half_precision_is_slow(passthrough)
-    assert asked == ([(dtype, "cpu")] if dtype else [])
-    assert capsys.readouterr().err == ("iclvsft-train: warning: it is slow\n" if dtype else "")
+    monkeypatch.setattr(launch, "slow_half_precision_once", lambda d, device: asked.append((d, device)) or "slow")
+    sft_args = SimpleNamespace(bf16=flags.get("bf16", False), fp16=flags.get("fp16", False), use_cpu=False)
+    launch._warn_if_half_precision_is_slow(sft_args, SimpleNamespace(dtype=flags.get("dtype", "float32")))
+    assert asked == [(dtype, "cpu")]
+    assert capsys.readouterr().err == "iclvsft-train: warning: slow\n"

@@ -18,12 +18,9 @@ from iclvsft_tasks.cliutil import (
     add_verbose_flag,
     add_version_flag,
     data_from_flags,
-    flag_on,
-    flag_value,
     non_negative_int,
     parse_int_list,
     run_cli,
-    slow_half_precision,
 )
 from iclvsft_tasks.data.spec import DEFAULT_SIZES
 from iclvsft_train.launch import TrainOptions, recipe_names, run
@@ -94,29 +91,7 @@ def _main(argv: Sequence[str]) -> int:
         passthrough=tuple(passthrough),
         dry_run=args.dry_run,
     )
-    _warn_if_half_precision_is_slow(passthrough)
     return run(options)
-
-
-def _half_precision(passthrough: Sequence[str]) -> str | None:
-    """The half-precision dtype the flags train in: autocast's (``--bf16``/``--fp16``) or the weights' (``--dtype``)."""
-    if flag_on(passthrough, "--bf16"):
-        return "bfloat16"
-    if flag_on(passthrough, "--fp16"):
-        return "float16"
-    return flag_value(passthrough, "--dtype")
-
-
-def _warn_if_half_precision_is_slow(passthrough: Sequence[str]) -> None:
-    dtype = _half_precision(passthrough)
-    if dtype is None:
-        return
-    import torch
-
-    on_cpu = flag_on(passthrough, "--use_cpu") or not torch.cuda.is_available()
-    slow = slow_half_precision(dtype, "cpu" if on_cpu else "cuda")
-    if slow:
-        print(f"{PROG}: warning: {slow}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -38,7 +38,7 @@ from typing import Any
 import yaml
 
 from iclvsft_tasks.atomic import atomic_open, atomic_write_text, check_creatable
-from iclvsft_tasks.cliutil import default_threads, flag_value, quiet_warnings, verbose
+from iclvsft_tasks.cliutil import default_threads, flag_value, quiet_warnings, slow_half_precision_once, verbose
 from iclvsft_tasks.data.spec import DataSpec
 from iclvsft_tasks.errors import IclvsftError, model_load_message, model_path_problem, one_line
 from iclvsft_train import fast_sft, runlock
@@ -209,6 +209,18 @@ def parse_trl(config_path: Path, passthrough: Sequence[str]) -> tuple[Any, Any, 
         os.environ.clear()
         os.environ.update(env_before)  # the YAML's env block is for the training process, not ours
     return script_args, sft_args, model_args, list(remaining)
+
+
+def _warn_if_half_precision_is_slow(sft_args: Any, model_args: Any) -> None:
+    """One line when the run would multiply in bfloat16 or float16 on a CPU without native products for
+    them: autocast (``bf16``, ``fp16``) or weights loaded in that dtype (``dtype``), as trl sft parsed them."""
+    import torch
+
+    dtype = "bfloat16" if sft_args.bf16 else "float16" if sft_args.fp16 else str(model_args.dtype)
+    on_cpu = sft_args.use_cpu or not torch.cuda.is_available()
+    slow = slow_half_precision_once(dtype, "cpu" if on_cpu else "cuda")
+    if slow:
+        print(f"iclvsft-train: warning: {slow}", file=sys.stderr)
 
 
 def _is_number(token: str) -> bool:
@@ -461,6 +473,7 @@ def _prepare(options: TrainOptions) -> dict[str, Any]:
         probe.write(yaml.safe_dump(base, sort_keys=False))
         probe.flush()
         _, sft_args, model_args, remaining = parse_trl(Path(probe.name), passthrough)
+    _warn_if_half_precision_is_slow(sft_args, model_args)
     processes = world_size(passthrough, base)
     schedule = plan_schedule(
         options.samples,

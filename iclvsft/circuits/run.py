@@ -17,7 +17,6 @@ import dataclasses
 import datetime
 import gc
 import json
-import os
 import platform
 import sys
 import time
@@ -45,7 +44,7 @@ from iclvsft.circuits.shift import (
     spearman,
 )
 from iclvsft_tasks.atomic import atomic_write_text, check_creatable, ensure_output_dir
-from iclvsft_tasks.cliutil import check_device, pin_cpu_threads, resolve_device
+from iclvsft_tasks.cliutil import check_device, machine_line, pin_cpu_threads, resolve_device
 from iclvsft_tasks.data.spec import DataSpec
 from iclvsft_tasks.errors import IclvsftError
 from iclvsft_tasks.tasks.registry import get_task
@@ -398,7 +397,7 @@ def run_circuits(config: CircuitsConfig, reuse: bool = False) -> dict[str, Any]:
         "timing": timing,
         "environment": {
             "torch_threads": threads,
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+            "machine": machine_line(),
             "python": platform.python_version(),
             "date": datetime.date.today().isoformat(),
         },

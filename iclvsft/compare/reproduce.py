@@ -37,9 +37,9 @@ def _trains_adapter(exp: Experiment, recipe: str | None) -> bool:
     folder, so that the command is the same whether or not ``ft/`` is on disk."""
     from iclvsft_train.launch import load_recipe
 
-    flags = exp.train_args
-    if any(flag == "--use_peft" or flag.startswith("--use_peft=") for flag in flags):
-        return flag_on(flags, "--use_peft")
+    given = flag_on(exp.train_args, "--use_peft", "--use-peft")
+    if given is not None:
+        return given
     return bool(load_recipe(recipe or exp.recipes[0]).get("use_peft", False))
 
 

@@ -21,7 +21,6 @@ import datetime
 import functools
 import hashlib
 import json
-import os
 import platform
 import sys
 import time
@@ -32,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from iclvsft.compare.config import Experiment
 from iclvsft.compare.records import Settings, has_pattern_use, mark_pattern_use, pattern_use
 from iclvsft_tasks.atomic import atomic_open, atomic_write_text, ensure_output_dir
-from iclvsft_tasks.cliutil import pin_cpu_threads, resolve_device, slow_half_precision, verbose
+from iclvsft_tasks.cliutil import machine_line, pin_cpu_threads, resolve_device, slow_half_precision_once, verbose
 from iclvsft_tasks.data.spec import HELD_OUT_SPLITS
 from iclvsft_tasks.data.splits import build_split, fingerprints
 from iclvsft_tasks.demos import fixed_demo_ids
@@ -696,21 +695,6 @@ def _restore_for_circuits(plan: ModelRun, settings: Settings) -> None:
             )
 
 
-def _machine() -> str:
-    """The machine in one line, with what decides a CPU's speed: its name and torch's vector capability
-    (bfloat16 is fast only with AVX-512 or AMX; BENCHMARKS.md)."""
-    import torch
-
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), cpu)
-    except OSError:  # not Linux
-        pass
-    capability = torch.backends.cpu.get_cpu_capability()
-    return f"{platform.machine()}, {cpu or 'CPU'} ({capability}), {os.cpu_count()} cores, Python {platform.python_version()}"
-
-
 def run_compare(
     exp: Experiment, command: Sequence[str] = (), make_bar: Callable[..., Any] | None = None
 ) -> dict[str, Any]:
@@ -724,7 +708,7 @@ def run_compare(
 
     started = time.perf_counter()
     exp.check_machine()
-    slow = slow_half_precision(exp.dtype, _device(exp))
+    slow = slow_half_precision_once(exp.dtype, _device(exp))
     if slow:
         print(f"iclvsft compare: warning: {slow}", file=sys.stderr)
     model_paths = {}
@@ -822,7 +806,7 @@ def _compare_locked(
         "device": _device(exp),
         "torch_threads": threads,
         "jobs": jobs,
-        "machine": _machine(),
+        "machine": f"{machine_line()}, Python {platform.python_version()}",
         "date": datetime.date.today().isoformat(),
         "command": " ".join(command),
         "wall_time_s": round(time.perf_counter() - started, 1),

@@ -107,7 +107,7 @@ from iclvsft_tasks.backend.options import (
     PrefixOptions,
 )
 from iclvsft_tasks.backend.prefix_cache import PrefixCache
-from iclvsft_tasks.cliutil import slow_half_precision
+from iclvsft_tasks.cliutil import slow_half_precision_once
 from iclvsft_tasks.lm_eval_glue import BACKEND_NAME
 
 if TYPE_CHECKING:
@@ -212,7 +212,7 @@ class IclvsftHFLM(HFLM):
         self._cache_kw: str | None = None
         self._keep_kw: str | None = None
         self.token_stats = TokenStats()
-        slow = slow_half_precision(str(self.model.dtype).removeprefix("torch."), torch.device(self.device).type)
+        slow = slow_half_precision_once(str(self.model.dtype).removeprefix("torch."), str(self.device))
         if slow:
             log.warning("%s: %s", BACKEND_NAME, slow)
         if self.backend == "causal" and self.batch_size != 1 and self.options.cache_bytes > 0:
