@@ -22,8 +22,10 @@ is ``trl sft`` (same parser, same ``accelerate launch``, same ``trl.scripts.sft.
   keep the kernel.
 * Every process of the run dies with its parent: the launcher and each training worker ask Linux for
   a signal when their parent dies (``PR_SET_PDEATHSIG``; it is cleared across fork, so each sets its
-  own), and the launcher, on SIGTERM/SIGINT/SIGHUP, kills its whole process group. The worker also
-  holds a shared lock on the run folder (``runlock``) while it lives, so no other run deletes it.
+  own), and the launcher, on SIGTERM/SIGINT/SIGHUP, kills its whole process group (while accelerate
+  waits for a one-process worker, its own SIGTERM handler ends the worker's process tree instead;
+  ``launch.supervise`` signals the whole group either way). The worker also holds a shared lock on
+  the run folder (``runlock``) while it lives, so no other run deletes it.
 * A finished trainer cannot hang the run. Once ``trl.scripts.sft.main`` returns (training ended, the final
   model saved, the process group destroyed) the main process writes the file iclvsft-train names in
   ``ICLVSFT_TRAIN_DONE``, and the launcher stops a run that then fails to exit (``launch.supervise``).
