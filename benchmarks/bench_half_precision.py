@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import argparse
 import functools
-import platform
 import statistics
 import time
 from collections.abc import Callable
 
 import torch
+
+from iclvsft_tasks.cliutil import machine_line, slow_half_precision
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -45,10 +46,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
+    native = {d: slow_half_precision(d, "cpu") is None for d in ("bfloat16", "float16")}  # the warning's own check
     print(
-        f"{platform.machine()}, torch {torch.__version__}, capability {torch.backends.cpu.get_cpu_capability()}, "
-        f"oneDNN bfloat16 {torch.ops.mkldnn._is_mkldnn_bf16_supported()}, "
-        f"float16 {torch.ops.mkldnn._is_mkldnn_fp16_supported()}; one thread, ms per call (median of {args.repeats})\n"
+        f"{machine_line()}, torch {torch.__version__}, oneDNN bfloat16 {native['bfloat16']}, "
+        f"float16 {native['float16']}; one thread, ms per call (median of {args.repeats})\n"
     )
     print("| dtype | `x @ W.T` (forward) | `g @ W` (input gradient) | `g.T @ x` (weight gradient) |")
     print("|---|---:|---:|---:|")

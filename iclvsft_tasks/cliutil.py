@@ -281,17 +281,16 @@ def slow_half_precision(dtype: str, device: str) -> str | None:
     )
 
 
-_half_precision_warned: set[tuple[str, str]] = set()
+_half_precision_warned: set[str] = set()
 
 
 def slow_half_precision_once(dtype: str, device: str) -> str | None:
-    """``slow_half_precision``, said once per process for each dtype and device type: ``iclvsft compare``
-    warns, and the fine-tunes and model loads it runs in the same process stay quiet."""
+    """``slow_half_precision``, said once per process for each dtype (it only speaks of CPUs):
+    ``iclvsft compare`` warns, and the fine-tunes and model loads it runs in the same process stay quiet."""
     said = slow_half_precision(dtype, device)
-    key = (dtype, str(device).split(":")[0])
-    if said is None or key in _half_precision_warned:
+    if said is None or dtype in _half_precision_warned:
         return None
-    _half_precision_warned.add(key)
+    _half_precision_warned.add(dtype)
     return said
 
 
