@@ -2,7 +2,7 @@
 
     python -m iclvsft_train.fast_sft sft --config resolved.yaml [any trl sft / accelerate flag]
 
-is ``trl sft`` (same parser, same ``accelerate launch``, same ``trl.scripts.sft.main``) except for two things:
+is ``trl sft`` (same parser, same ``accelerate launch``, same ``trl.scripts.sft.main``) except for these:
 
 * The LM head scores only the completion positions on CPU too. TRL 1.16's fused LM head
   (``trl.trainer.utils.add_fused_lm_head``) gathers the positions with a label before its chunked
@@ -26,6 +26,9 @@ is ``trl sft`` (same parser, same ``accelerate launch``, same ``trl.scripts.sft.
   waits for a one-process worker, its own SIGTERM handler ends the worker's process tree instead;
   ``launch.supervise`` signals the whole group either way). The worker also holds a shared lock on
   the run folder (``runlock``) while it lives, so no other run deletes it.
+* In a one-process run that iclvsft-train started, resume-point checkpoints are spaced by what a save
+  costs (``save_spacing``): milestones and the last step are always saved, so the run's results are
+  the same; a full fine-tune's 3.2 GB checkpoints stop dominating short CPU runs.
 * A finished trainer cannot hang the run. Once ``trl.scripts.sft.main`` returns (training ended, the final
   model saved, the process group destroyed) the main process writes the file iclvsft-train names in
   ``ICLVSFT_TRAIN_DONE``, and the launcher stops a run that then fails to exit (``launch.supervise``).
@@ -63,6 +66,9 @@ PARENT_ENV = "ICLVSFT_TRAIN_PARENT"
 #: Set by iclvsft-train: the file the main training process writes once training ended and the final
 #: model is saved (see finish).
 DONE_ENV = "ICLVSFT_TRAIN_DONE"
+#: Set by iclvsft-train: the milestone steps, comma-separated. Its presence spaces the resume-point
+#: checkpoints by what a save costs (``save_spacing``); without it the run saves as ``trl sft`` does.
+MILESTONE_STEPS_ENV = "ICLVSFT_TRAIN_MILESTONE_STEPS"
 #: Test-only (tests/test_fast_sft.py): the main worker sleeps forever after writing the done file, as a
 #: trainer hung in its teardown does. Nothing else reads it.
 HANG_ENV = "ICLVSFT_TEST_HANG_AFTER_TRAINING"
@@ -204,22 +210,28 @@ def _kill_group(signum: int, frame: object) -> None:
 # --- the end of training -------------------------------------------------------------------------------
 
 
-def keep_trainers() -> None:
-    """Keep every trainer that trains referenced, so that ``trl.scripts.sft.main`` returning frees no
-    DDP reducer or process group (their destructors can deadlock; see the module docstring)."""
+def hook_train() -> None:
+    """Before any trainer trains: keep it referenced, so that ``trl.scripts.sft.main`` returning frees no
+    DDP reducer or process group (their destructors can deadlock; see the module docstring), and, in a
+    one-process run that iclvsft-train started, space its resume points (``save_spacing``)."""
     from transformers import Trainer
 
     train = Trainer.train
-    if getattr(train, "_iclvsft_kept", False):
+    if getattr(train, "_iclvsft_hooked", False):
         return
+    milestone_steps = os.environ.get(MILESTONE_STEPS_ENV)
 
     @functools.wraps(train)
-    def kept_train(self, *args, **kwargs):
+    def hooked_train(self, *args, **kwargs):
         _trainers.append(self)
+        if milestone_steps is not None and self.args.world_size == 1:
+            from iclvsft_train.save_spacing import SpacedResumePoints
+
+            self.add_callback(SpacedResumePoints(int(s) for s in milestone_steps.split(",") if s))
         return train(self, *args, **kwargs)
 
-    kept_train._iclvsft_kept = True
-    Trainer.train = kept_train
+    hooked_train._iclvsft_hooked = True
+    Trainer.train = hooked_train
 
 
 def finish() -> None:
@@ -273,7 +285,7 @@ def worker() -> None:
     die_with_parent(signal.SIGKILL)
     if install_compact_loss():
         install_dense_small_head()
-    keep_trainers()
+    hook_train()
     from trl.scripts.sft import main, make_parser
 
     script_args, training_args, model_args, dataset_args = make_parser().parse_args_and_config(

@@ -625,7 +625,8 @@ def _run(options: TrainOptions, lock: runlock.RunLock) -> int:
         print(
             "iclvsft-train: the same run as this plain trl sft command; iclvsft-train itself runs it as "
             f"`python -m {fast_sft.MODULE} sft ...`, which scores the loss on the completion tokens only on CPU "
-            "too (equal losses, less time) and ends the trainer with its parent",
+            "too (equal losses, less time), saves resume points no more often than about ten saves' worth of "
+            "training apart, and ends the trainer with its parent",
             file=sys.stderr,
         )
         return 0
@@ -646,7 +647,7 @@ def _run(options: TrainOptions, lock: runlock.RunLock) -> int:
         )
     else:
         trained.unlink(missing_ok=True)
-        code = supervise(cmd, trained)
+        code = supervise(cmd, trained, [entry["step"] for entry in manifest["milestones"].values()])
         if code != 0:
             manifest["status"] = RunStatus.FAILED.value
             manifest["exit_code"] = code
@@ -680,18 +681,21 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 SHUTDOWN_GRACE_S = 15.0
 
 
-def supervise(cmd: Sequence[str], done: Path | None = None) -> int:
+def supervise(cmd: Sequence[str], done: Path | None = None, milestone_steps: Sequence[int] | None = None) -> int:
     """Run ``cmd`` (the fast_sft launcher) in a process group of its own and wait for it.
 
     The launcher dies with this process (parent-death signal) and takes its group with it; a stop
     signal sent here ends that group; and whatever of the group is left when the launcher exits
     is killed, so no trainer outlives the run. Once the trainer has written ``done`` (fast_sft's
     ``ICLVSFT_TRAIN_DONE``), a hang or an error in its shutdown loses nothing: after
-    ``SHUTDOWN_GRACE_S`` the group is killed, and either way the result is 0.
+    ``SHUTDOWN_GRACE_S`` the group is killed, and either way the result is 0. Given ``milestone_steps``,
+    the trainer spaces the resume points between them by what a save costs (``save_spacing``).
     """
     env = {**os.environ, fast_sft.PARENT_ENV: str(os.getpid())}
     if done is not None:
         env[fast_sft.DONE_ENV] = str(done.resolve())
+    if milestone_steps is not None:
+        env[fast_sft.MILESTONE_STEPS_ENV] = ",".join(str(step) for step in sorted(milestone_steps))
     process = subprocess.Popen(list(cmd), process_group=0, env=env)
     stopped: list[int] = []
 
