@@ -1,6 +1,7 @@
 """How iclvsft-train runs TRL: the compact CPU loss (and its dense small head) gives plain `trl sft`'s
-losses, every process of a run dies with it, one live run per folder, and --dry-run prints a `trl sft`
-line that a shell runs."""
+losses, one-process runs start their worker as accelerate would without its launcher's imports, every
+process of a run dies with it, one live run per folder, and --dry-run prints a `trl sft` line that a shell
+runs."""
 
 from __future__ import annotations
 
@@ -177,6 +178,114 @@ def test_losses_equal_plain_trl_sft(tiny_llama, tmp_path, recipe):
     assert losses["compact"] == pytest.approx(losses["plain"], rel=1e-4)
 
 
+# --- the one-process shortcut ----------------------------------------------------------------------------
+
+
+def _config(tmp_path: Path, env: dict[str, str] | None = None) -> list[str]:
+    """A resolved-config stand-in: what TRL's parser needs, optionally with an ``env`` block."""
+    path = tmp_path / "resolved.yaml"
+    body = {"model_name_or_path": "m", "dataset_name": "d", "output_dir": str(tmp_path / "out")}
+    path.write_text(json.dumps({**body, **({"env": env} if env else {})}))  # JSON is YAML
+    return ["--config", str(path)]
+
+
+def _what_accelerate_runs(argv: list[str], monkeypatch) -> object:
+    """What accelerate's own ``launch_command`` does with ``trl sft argv``: the simple launcher's (cmd,
+    env), or the name of the other launcher it picks; this process's environment restored after."""
+    from accelerate.commands import launch as accelerate_launch
+
+    seen: dict[str, object] = {}
+    monkeypatch.setattr(
+        accelerate_launch, "_run_subprocess", lambda cmd, env, quiet: seen.update(run=(list(cmd), dict(env)))
+    )
+    for name in ("deepspeed_launcher", "multi_gpu_launcher", "tpu_launcher", "tpu_pod_launcher", "sagemaker_launcher"):
+        monkeypatch.setattr(accelerate_launch, name, lambda *args, _name=name: seen.update(other=_name))
+    saved = dict(os.environ)
+    try:
+        accelerate_launch.launch_command(fast_sft._accelerate_launch_args(argv))
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return seen.get("other") or seen["run"]
+
+
+def _one_process_config(tmp_path: Path) -> list[str]:
+    path = tmp_path / "accelerate.yaml"
+    path.write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: 'NO'\nnum_processes: 1\nuse_cpu: true\n")
+    return ["--config_file", str(path)]
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["default", "one process", "--cpu", "mixed precision no", "yaml env", "accelerate config file", "debug"],
+)
+def test_the_shortcut_starts_the_worker_as_accelerate_would(tmp_path, monkeypatch, case):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    extra = {
+        "default": [],
+        "one process": ["--num_processes", "1"],
+        "--cpu": ["--cpu"],
+        "mixed precision no": ["--mixed_precision", "no"],
+        "yaml env": [],
+        "accelerate config file": _one_process_config(tmp_path),
+        "debug": ["--debug"],
+    }[case]
+    argv = [*_config(tmp_path, {"OMP_NUM_THREADS": "3", "ICLVSFT_YAML_ENV": "on"} if case == "yaml env" else None)]
+    argv += extra
+    before = dict(os.environ)
+    ours = fast_sft.simple_launch(argv)
+    assert dict(os.environ) == before  # the YAML env went to the worker only
+    assert ours is not None
+    cmd, env = ours
+    assert cmd[1:3] == ["-m", fast_sft.MODULE] and cmd[3:5] == argv[:2]
+    assert (cmd, env) == _what_accelerate_runs(argv, monkeypatch)
+    if case == "yaml env":
+        assert env["ICLVSFT_YAML_ENV"] == "on" and env["OMP_NUM_THREADS"] == "3"
+
+
+@pytest.mark.parametrize(
+    ("extra", "launcher"),
+    [
+        (["--multi_gpu", "--num_processes", "2"], "multi_gpu_launcher"),
+        (["--use_deepspeed"], "deepspeed_launcher"),
+        (["--use_fsdp"], "multi_gpu_launcher"),
+        (["--accelerate_config", "fsdp2"], "multi_gpu_launcher"),
+    ],
+)
+def test_distributed_launches_keep_the_full_launcher(tmp_path, monkeypatch, extra, launcher):
+    argv = [*_config(tmp_path), *extra]
+    assert _what_accelerate_runs(argv, monkeypatch) == launcher
+    assert fast_sft.simple_launch(argv) is None
+
+
+def test_mpirun_flags_and_rejected_flags_keep_the_full_launcher(tmp_path, monkeypatch, capsys):
+    hosts = tmp_path / "hosts"
+    hosts.write_text("localhost\n")
+    argv = [*_config(tmp_path), "--mpirun_hostfile", str(hosts)]
+    cmd, _ = _what_accelerate_runs(argv, monkeypatch)
+    assert os.path.basename(cmd[0]) == "mpirun"  # accelerate's simple launcher, but not our worker
+    assert fast_sft.simple_launch(argv) is None
+    # a flag accelerate rejects: the full launcher runs and says so, nothing is printed twice
+    assert fast_sft.simple_launch([*_config(tmp_path), "--multi_gpu", "--num_processes", "1"]) is None
+    assert fast_sft.simple_launch([*_config(tmp_path), "--num_processes", "many"]) is None
+    assert capsys.readouterr().err == ""
+
+
+def test_another_accelerate_keeps_the_full_launcher(tmp_path, monkeypatch):
+    argv = _config(tmp_path)
+    assert fast_sft.simple_launch(argv) is not None
+    monkeypatch.setattr(fast_sft, "KNOWN_ACCELERATE_SOURCES", frozenset())
+    assert fast_sft.simple_launch(argv) is None
+
+
+def test_the_thin_launcher_passes_the_workers_exit_status_as_accelerate_does(tmp_path):
+    def run(code: int) -> int:
+        worker = [sys.executable, "-c", f"import sys; sys.exit({code})"]
+        return subprocess.run([*launch.EXEC_COMMAND, *worker], timeout=60, env=_env()).returncode
+
+    assert (run(0), run(3)) == (0, 1)
+
+
 # --- --dry-run -----------------------------------------------------------------------------------------------
 
 
@@ -269,6 +378,13 @@ def _run_processes(marker: str) -> list[int]:
     return found
 
 
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+    except OSError:
+        return []
+
+
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
 def test_killing_iclvsft_train_leaves_no_process_of_the_run(tiny_llama, tmp_path, how):
     out = tmp_path / "run"
@@ -286,6 +402,8 @@ def test_killing_iclvsft_train_leaves_no_process_of_the_run(tiny_llama, tmp_path
             time.sleep(0.1)
         assert list(out.glob("checkpoint-*")), "training never started"
         assert len(_run_processes(marker)) >= 3  # iclvsft-train, the launcher, the training worker
+        launchers = [pid for pid in _run_processes(marker) if _cmdline(pid)[2:4] == launch.EXEC_COMMAND[2:]]
+        assert len(launchers) == 1  # a one-process CPU run: the thin launcher, not accelerate's
         process.send_signal(getattr(signal, how))
         process.wait(timeout=60)
         lock = out / runlock.LOCK_FILE

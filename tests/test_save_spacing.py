@@ -64,7 +64,7 @@ class _Trainer:
     ("env", "world_size", "installed"),
     [("2,4,8", 1, True), (None, 1, False), ("2,4,8", 2, False), ("", 1, True)],
 )
-def test_the_worker_spaces_saves_only_in_one_process_runs_iclvsft_train_started(monkeypatch, env, world_size, installed):
+def test_the_worker_spaces_saves_only_in_one_process_runs_it_was_asked_to(monkeypatch, env, world_size, installed):
     from transformers import Trainer
 
     monkeypatch.setattr(Trainer, "train", lambda self, *a, **k: "trained")

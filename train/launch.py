@@ -31,7 +31,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +79,9 @@ _RESUME_ONLY_FILES = ("optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state.pt
 #: What iclvsft-train runs: `trl sft` with the completion-only loss on CPU and a lifetime tied to this
 #: process (see fast_sft), by this interpreter so the same environment is used.
 TRL_COMMAND = [sys.executable, "-m", fast_sft.MODULE, fast_sft.LAUNCH]
+#: What iclvsft-train runs instead where accelerate would start one plain process: the thin launcher
+#: (see fast_sft.simple_launch), followed by the worker's command.
+EXEC_COMMAND = [sys.executable, "-m", fast_sft.MODULE, fast_sft.EXEC]
 #: The equivalent plain command a TRL user knows, as --dry-run prints it.
 PLAIN_TRL_COMMAND = ["trl", "sft"]
 
@@ -647,7 +650,13 @@ def _run(options: TrainOptions, lock: runlock.RunLock) -> int:
         )
     else:
         trained.unlink(missing_ok=True)
-        code = supervise(cmd, trained, [entry["step"] for entry in manifest["milestones"].values()])
+        milestone_steps = [entry["step"] for entry in manifest["milestones"].values()]
+        simple = fast_sft.simple_launch(cmd[len(TRL_COMMAND) :])
+        if simple is not None:  # one plain process: the thin launcher, with accelerate's command and env
+            worker_cmd, worker_env = simple
+            code = supervise([*EXEC_COMMAND, *worker_cmd], trained, milestone_steps, worker_env)
+        else:
+            code = supervise(cmd, trained, milestone_steps)
         if code != 0:
             manifest["status"] = RunStatus.FAILED.value
             manifest["exit_code"] = code
@@ -681,7 +690,12 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 SHUTDOWN_GRACE_S = 15.0
 
 
-def supervise(cmd: Sequence[str], done: Path | None = None, milestone_steps: Sequence[int] | None = None) -> int:
+def supervise(
+    cmd: Sequence[str],
+    done: Path | None = None,
+    milestone_steps: Sequence[int] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> int:
     """Run ``cmd`` (the fast_sft launcher) in a process group of its own and wait for it.
 
     The launcher dies with this process (parent-death signal) and takes its group with it; a stop
@@ -689,9 +703,10 @@ def supervise(cmd: Sequence[str], done: Path | None = None, milestone_steps: Seq
     is killed, so no trainer outlives the run. Once the trainer has written ``done`` (fast_sft's
     ``ICLVSFT_TRAIN_DONE``), a hang or an error in its shutdown loses nothing: after
     ``SHUTDOWN_GRACE_S`` the group is killed, and either way the result is 0. Given ``milestone_steps``,
-    the trainer spaces the resume points between them by what a save costs (``save_spacing``).
+    the trainer spaces the resume points between them by what a save costs (``save_spacing``). ``env``
+    replaces this process's environment for ``cmd`` (the worker's, from ``fast_sft.simple_launch``).
     """
-    env = {**os.environ, fast_sft.PARENT_ENV: str(os.getpid())}
+    env = {**(os.environ if env is None else env), fast_sft.PARENT_ENV: str(os.getpid())}
     if done is not None:
         env[fast_sft.DONE_ENV] = str(done.resolve())
     if milestone_steps is not None:
