@@ -627,7 +627,8 @@ def _run(options: TrainOptions, lock: runlock.RunLock) -> int:
         print(plain_trl_command(cmd))
         print(
             "iclvsft-train: the same run as this plain trl sft command; iclvsft-train itself runs it as "
-            f"`python -m {fast_sft.MODULE} sft ...`, which scores the loss on the completion tokens only on CPU "
+            f"`python -m {fast_sft.MODULE} sft ...` (a one-process run: its worker under a thin launcher), "
+            "which scores the loss on the completion tokens only on CPU "
             "too (equal losses, less time), saves resume points no more often than about ten saves' worth of "
             "training apart, and ends the trainer with its parent",
             file=sys.stderr,
