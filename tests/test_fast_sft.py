@@ -180,6 +180,11 @@ def test_losses_equal_plain_trl_sft(tiny_llama, tmp_path, recipe):
 
 # --- the one-process shortcut ----------------------------------------------------------------------------
 
+#: Whether the installed accelerate's launch code is the one the shortcut was checked against. With any
+#: other (a new release), iclvsft-train takes the full launcher: the tests of the shortcut itself skip.
+SHORTCUT = fast_sft.accelerate_source_hash() in fast_sft.KNOWN_ACCELERATE_SOURCES
+needs_shortcut = pytest.mark.skipif(not SHORTCUT, reason="another accelerate: iclvsft-train uses its full launcher")
+
 
 def _config(tmp_path: Path, env: dict[str, str] | None = None) -> list[str]:
     """A resolved-config stand-in: what TRL's parser needs, optionally with an ``env`` block."""
@@ -200,12 +205,8 @@ def _what_accelerate_runs(argv: list[str], monkeypatch) -> object:
     )
     for name in ("deepspeed_launcher", "multi_gpu_launcher", "tpu_launcher", "tpu_pod_launcher", "sagemaker_launcher"):
         monkeypatch.setattr(accelerate_launch, name, lambda *args, _name=name: seen.update(other=_name))
-    saved = dict(os.environ)
-    try:
+    with fast_sft.restored_environ():
         accelerate_launch.launch_command(fast_sft._accelerate_launch_args(argv))
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
     return seen.get("other") or seen["run"]
 
 
@@ -215,6 +216,7 @@ def _one_process_config(tmp_path: Path) -> list[str]:
     return ["--config_file", str(path)]
 
 
+@needs_shortcut
 @pytest.mark.parametrize(
     "case",
     ["default", "one process", "--cpu", "mixed precision no", "yaml env", "accelerate config file", "threads"],
@@ -248,6 +250,7 @@ def test_the_shortcut_starts_the_worker_as_accelerate_would(tmp_path, monkeypatc
         assert env["ICLVSFT_YAML_ENV"] == "on" and env["OMP_NUM_THREADS"] == "3"
 
 
+@needs_shortcut
 @pytest.mark.parametrize(
     ("extra", "launcher"),
     [
@@ -263,6 +266,7 @@ def test_distributed_launches_keep_the_full_launcher(tmp_path, monkeypatch, extr
     assert fast_sft.simple_launch(argv) is None
 
 
+@needs_shortcut
 def test_mpirun_flags_and_rejected_flags_keep_the_full_launcher(tmp_path, monkeypatch, capsys):
     hosts = tmp_path / "hosts"
     hosts.write_text("localhost\n")
@@ -283,7 +287,7 @@ def test_mpirun_flags_and_rejected_flags_keep_the_full_launcher(tmp_path, monkey
 
 def test_another_accelerate_keeps_the_full_launcher(tmp_path, monkeypatch):
     argv = _config(tmp_path)
-    assert fast_sft.simple_launch(argv) is not None
+    assert (fast_sft.simple_launch(argv) is not None) == SHORTCUT
     monkeypatch.setattr(fast_sft, "KNOWN_ACCELERATE_SOURCES", frozenset())
     assert fast_sft.simple_launch(argv) is None
 
@@ -412,8 +416,9 @@ def test_killing_iclvsft_train_leaves_no_process_of_the_run(tiny_llama, tmp_path
             time.sleep(0.1)
         assert list(out.glob("checkpoint-*")), "training never started"
         assert len(_run_processes(marker)) >= 3  # iclvsft-train, the launcher, the training worker
-        launchers = [pid for pid in _run_processes(marker) if _cmdline(pid)[2:4] == launch.EXEC_COMMAND[2:]]
-        assert len(launchers) == 1  # a one-process CPU run: the thin launcher, not accelerate's
+        role = fast_sft.EXEC if SHORTCUT else fast_sft.LAUNCH  # one-process CPU run: the thin launcher
+        launchers = [pid for pid in _run_processes(marker) if _cmdline(pid)[2:4] == [fast_sft.MODULE, role]]
+        assert len(launchers) == 1
         process.send_signal(getattr(signal, how))
         process.wait(timeout=60)
         lock = out / runlock.LOCK_FILE

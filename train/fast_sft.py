@@ -47,15 +47,17 @@ the worker's command and environment with accelerate's own functions (``simple_l
     python -m iclvsft_train.fast_sft exec <worker command>
 
 instead: a thin launcher with the same lifetime duties and exit codes and none of the imports, which
-saves ~5 s of start-up on a 2-core CPU. An accelerate whose launch code is not the one this mirrors gets
+saves ~3 s of start-up on a 2-core CPU. An accelerate whose launch code is not the one this mirrors gets
 the full launcher.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import inspect
+import io
 import json
 import logging
 import os
@@ -63,7 +65,7 @@ import signal
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 MODULE = "iclvsft_train.fast_sft"
 #: The first argument that makes ``python -m iclvsft_train.fast_sft`` the launcher (as in ``trl sft``).
@@ -208,6 +210,28 @@ def die_with_parent(sig: int) -> None:
         os.kill(os.getpid(), sig)
 
 
+def lead_the_run() -> None:
+    """A launcher's lifetime duties: die with iclvsft-train, end the whole process group on a stop signal
+    when it leads one (iclvsft-train starts it so), and let its workers check that it is their parent."""
+    die_with_parent(signal.SIGTERM)
+    if os.getpgrp() == os.getpid():
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, _kill_group)
+    os.environ[PARENT_ENV] = str(os.getpid())  # for the workers' die_with_parent
+
+
+@contextlib.contextmanager
+def restored_environ() -> Iterator[None]:
+    """Run a block (TRL's parser, which applies a YAML ``env`` block to ``os.environ``) and put this
+    process's environment back as it was afterwards."""
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 def _kill_group(signum: int, frame: object) -> None:
     """The launcher leads the run's process group: end all of it (accelerate, workers, their helpers)."""
     for each in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -218,24 +242,36 @@ def _kill_group(signum: int, frame: object) -> None:
 # --- the end of training -------------------------------------------------------------------------------
 
 
+def milestone_steps_env(steps: Iterable[int]) -> dict[str, str]:
+    """The environment entry that asks the worker to space resume points around these milestone steps."""
+    return {MILESTONE_STEPS_ENV: ",".join(str(step) for step in sorted(steps))}
+
+
+def _milestone_steps_from_env() -> list[int] | None:
+    value = os.environ.get(MILESTONE_STEPS_ENV)
+    return None if value is None else [int(step) for step in value.split(",") if step]
+
+
 def hook_train() -> None:
     """Before any trainer trains: keep it referenced, so that ``trl.scripts.sft.main`` returning frees no
     DDP reducer or process group (their destructors can deadlock; see the module docstring), and, in a
-    one-process run that iclvsft-train started, space its resume points (``save_spacing``)."""
+    one-process run that iclvsft-train started, space its resume points (``save_spacing``; not where the
+    best checkpoint is to be kept, which a skipped save could drop)."""
     from transformers import Trainer
 
     train = Trainer.train
     if getattr(train, "_iclvsft_hooked", False):
         return
-    milestone_steps = os.environ.get(MILESTONE_STEPS_ENV)
+    milestone_steps = _milestone_steps_from_env()
 
     @functools.wraps(train)
     def hooked_train(self, *args, **kwargs):
         _trainers.append(self)
-        if milestone_steps is not None and self.args.world_size == 1:
+        one_process = self.args.world_size == 1
+        if milestone_steps is not None and one_process and not getattr(self.args, "load_best_model_at_end", False):
             from iclvsft_train.save_spacing import SpacedResumePoints
 
-            self.add_callback(SpacedResumePoints(int(s) for s in milestone_steps.split(",") if s))
+            self.add_callback(SpacedResumePoints(milestone_steps))
         return train(self, *args, **kwargs)
 
     hooked_train._iclvsft_hooked = True
@@ -286,13 +322,8 @@ def launch(argv: Sequence[str]) -> int:
     """The launcher: ``trl sft``'s parsing and ``accelerate launch``, with this module as the script."""
     from accelerate.commands.launch import launch_command
 
-    die_with_parent(signal.SIGTERM)
-    if os.getpgrp() == os.getpid():  # our own group (iclvsft-train starts us so): end it whole on a signal
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(sig, _kill_group)
-    args = _accelerate_launch_args(argv)
-    os.environ[PARENT_ENV] = str(os.getpid())  # for the workers' die_with_parent
-    launch_command(args)
+    lead_the_run()
+    launch_command(_accelerate_launch_args(argv))
     return 0
 
 
@@ -303,7 +334,7 @@ def launch(argv: Sequence[str]) -> int:
 EXEC = "exec"
 #: sha256 of the accelerate code that ``simple_launch`` and ``run_worker`` stand in for (``launch_command``'s
 #: choice of launcher, ``simple_launcher`` and ``_run_subprocess``) and of the private validator it calls:
-#: accelerate 1.16.0. Any other source takes the full launcher (the same run, ~5 s more start-up).
+#: accelerate 1.16.0. Any other source takes the full launcher (the same run, ~3 s more start-up).
 KNOWN_ACCELERATE_SOURCES = frozenset({"deb48f7521c31c016308bbf798631e501fff50d86d52e0e9ef535eeffac1b274"})
 
 
@@ -343,45 +374,35 @@ def simple_launch(argv: Sequence[str]) -> tuple[list[str], dict[str, str]] | Non
     mirrors), which the full launcher then runs as before.
 
     Run in iclvsft-train's process, which has TRL and accelerate imported already: the launcher process
-    then only waits (``run_worker``) instead of importing them again (~5 s of start-up on a 2-core CPU).
+    then only waits (``run_worker``) instead of importing them again (~3 s of start-up on a 2-core CPU).
     The command and environment are accelerate's own (``prepare_simple_launcher_cmd_env``, after its
     ``_validate_launch_command``); this process's environment is left as it was.
     """
     if accelerate_source_hash() not in KNOWN_ACCELERATE_SOURCES:
         return None
-    import contextlib
-    import io
-
-    from accelerate.commands.launch import _validate_launch_command
-    from accelerate.utils import prepare_simple_launcher_cmd_env
-
-    saved = dict(os.environ)
     said = io.StringIO()  # argparse's usage and accelerate's defaults warning, shown once by whoever launches
     try:
-        with contextlib.redirect_stderr(said):
-            args, defaults, _ = _validate_launch_command(_accelerate_launch_args(argv))
+        with restored_environ(), contextlib.redirect_stderr(said):  # the YAML's env is the worker's, not ours
+            from accelerate.commands import launch as accelerate_launch
+
+            args, defaults, _ = accelerate_launch._validate_launch_command(_accelerate_launch_args(argv))
             if not _is_simple(args, defaults):
                 return None
-            cmd, env = prepare_simple_launcher_cmd_env(args)
+            cmd, env = accelerate_launch.prepare_simple_launcher_cmd_env(args)  # the name simple_launcher calls
     except (Exception, SystemExit):  # the full launcher runs and says what accelerate or TRL rejects
         return None
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)  # the YAML's env block went into the worker's environment, not ours
     sys.stderr.write(said.getvalue())
     return list(cmd), dict(env)
 
 
 def run_worker(cmd: Sequence[str]) -> int:
-    """The thin launcher of a one-process run: accelerate's simple launcher (start the worker, wait, exit
-    0 or 1) plus the launcher's lifetime duties, with none of its imports."""
+    """The thin launcher of a one-process run: start the worker, wait, exit 0 or 1 as accelerate's simple
+    launcher does, with the launcher's lifetime duties and none of its imports. One difference: the worker
+    writes to this process's stderr itself (accelerate pipes it through and, on failure, raises again with
+    its tail), so a failure's traceback is printed once and a terminal stays a terminal for progress bars."""
     import subprocess
 
-    die_with_parent(signal.SIGTERM)
-    if os.getpgrp() == os.getpid():  # as launch: a signal ends the whole group
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(sig, _kill_group)
-    os.environ[PARENT_ENV] = str(os.getpid())  # for the worker's die_with_parent
+    lead_the_run()
     return 0 if subprocess.call(list(cmd)) == 0 else 1
 
 

@@ -193,10 +193,10 @@ def parse_trl(config_path: Path, passthrough: Sequence[str]) -> tuple[Any, Any, 
             close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.75)
             hint = f"; did you mean {close[0]}?" if close else ""
             raise IclvsftError(f"unknown option {name}: not an iclvsft-train, trl sft or accelerate flag{hint}")
-    env_before = dict(os.environ)
     said = io.StringIO()  # argparse's usage (150 lines for trl sft) and message; only the message is kept
     try:
-        with quiet_warnings(), contextlib.redirect_stderr(said):
+        # the YAML's env block is for the training process, not ours
+        with fast_sft.restored_environ(), quiet_warnings(), contextlib.redirect_stderr(said):
             script_args, sft_args, model_args, _, remaining = parser.parse_args_and_config(
                 ["--config", str(config_path), *passthrough], return_remaining_strings=True
             )
@@ -208,9 +208,6 @@ def parse_trl(config_path: Path, passthrough: Sequence[str]) -> tuple[Any, Any, 
         errors = [line.split("error:", 1)[1].strip() for line in said.getvalue().splitlines() if "error:" in line]
         reason = errors[-1] if errors else "see `trl sft --help`"
         raise IclvsftError(f"trl sft rejects the flags: {reason} (see `trl sft --help`)") from None
-    finally:
-        os.environ.clear()
-        os.environ.update(env_before)  # the YAML's env block is for the training process, not ours
     return script_args, sft_args, model_args, list(remaining)
 
 
@@ -629,8 +626,8 @@ def _run(options: TrainOptions, lock: runlock.RunLock) -> int:
             "iclvsft-train: the same run as this plain trl sft command; iclvsft-train itself runs it as "
             f"`python -m {fast_sft.MODULE} sft ...` (a one-process run: its worker under a thin launcher), "
             "which scores the loss on the completion tokens only on CPU "
-            "too (equal losses, less time), saves resume points no more often than about ten saves' worth of "
-            "training apart, and ends the trainer with its parent",
+            "too (equal losses, less time), in a one-process run spaces the resume points between milestones "
+            "by what a save costs, and ends the trainer with its parent",
             file=sys.stderr,
         )
         return 0
@@ -711,7 +708,7 @@ def supervise(
     if done is not None:
         env[fast_sft.DONE_ENV] = str(done.resolve())
     if milestone_steps is not None:
-        env[fast_sft.MILESTONE_STEPS_ENV] = ",".join(str(step) for step in sorted(milestone_steps))
+        env.update(fast_sft.milestone_steps_env(milestone_steps))
     process = subprocess.Popen(list(cmd), process_group=0, env=env)
     stopped: list[int] = []
 

@@ -5,10 +5,12 @@ or a tenth of the run): the milestone checkpoints it keeps, and resume points in
 deletes when the run ends. A full fine-tune's checkpoint holds the model and AdamW's state (3.2 GB for
 Gemma 3 270M, ~9 s to write on the benchmark machine), so on a short CPU run six resume points were a
 quarter of the training time (BENCHMARKS.md). This callback skips a resume point while less training
-time than ``SAVE_SPACING`` times the last save's duration has passed since the last save ended: saves
-then cost at most about a tenth of training, and a kill loses at most that much work. The first save,
-every milestone step and the final step are always saved. Where saves are cheap (LoRA, tiny models)
-every resume point is kept.
+time than ``SAVE_SPACING`` times the last save's duration has passed since the last save ended: resume
+points then cost at most about a tenth of the training time, and a kill loses at most about ten saves'
+worth of training more than it would have. The first save, every milestone step and the run's last step
+(``max_steps``, or where another callback stops training) are always saved. Where saves are cheap (LoRA,
+tiny models) every resume point is kept. Not installed where the best checkpoint is to be loaded at the
+end (a skipped save could be the best one).
 
 The decision depends on this process's clock, so it is only installed in one-process runs: the ranks of
 a multi-process run would disagree, and a checkpoint save is collective there.
@@ -42,16 +44,30 @@ class SpacedResumePoints(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         self.since = self.clock()
 
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.save_began = None  # a save another callback called off is not pending any more
+
     def on_step_end(self, args, state, control, **kwargs):
         # Runs after transformers' DefaultFlowCallback, which set should_save from save_steps.
         if not control.should_save:
             return
         now = self.clock()
-        kept = state.global_step in self.keep_steps or state.global_step >= state.max_steps
-        if not kept and now - self.since < self.spacing * self.save_cost:
+        last = state.global_step >= state.max_steps or control.should_training_stop  # the run's last checkpoint
+        if not last and state.global_step not in self.keep_steps and now - self.since < self.spacing * self.save_cost:
             control.should_save = False
             return
         self.save_began = now
+
+    def _restart_save_clock(self) -> None:
+        # The trainer logs and evaluates before it saves: only the save itself is its cost.
+        if self.save_began is not None:
+            self.save_began = self.clock()
+
+    def on_log(self, args, state, control, **kwargs):
+        self._restart_save_clock()
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self._restart_save_clock()
 
     def on_save(self, args, state, control, **kwargs):
         now = self.clock()
