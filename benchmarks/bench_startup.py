@@ -19,14 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-BIN = Path(sys.executable).parent
-RUNENV = {
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "OMP_NUM_THREADS": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-}
+from bench_train_speed import BIN, RUNENV  # this folder is on sys.path when a script in it runs
+
+from iclvsft.models import model_dir
 
 
 def one_run(model: str) -> tuple[float, float]:
@@ -54,7 +49,7 @@ def one_run(model: str) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--model", default=str(Path.home() / ".cache/iclvsft/models/gemma-3-270m-float32"))
+    parser.add_argument("--model", default=str(model_dir("default")))
     args = parser.parse_args()
     firsts, walls = [], []
     for i in range(args.repeats):

@@ -42,6 +42,8 @@ from pathlib import Path
 
 import yaml
 
+from iclvsft.models import model_dir
+
 BIN = Path(sys.executable).parent
 TARGET = 1.25
 METRIC = re.compile(r"'train_runtime': '?([0-9.eE+-]+)")
@@ -126,7 +128,7 @@ def main() -> None:
     parser.add_argument("--tasks", default="expression_pattern,relation_pattern")
     parser.add_argument("--recipes", default="lora,full")
     parser.add_argument("--bf16", default="", help="recipes (e.g. lora) for which bf16 training is timed once")
-    parser.add_argument("--model", default=str(Path.home() / ".cache/iclvsft/models/gemma-3-270m-float32"))
+    parser.add_argument("--model", default=str(model_dir("default")))
     args = parser.parse_args()
     if args.bare:
         print(json.dumps({"s_per_sample": bare(args.bare)}))
